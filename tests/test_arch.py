@@ -1,0 +1,137 @@
+"""The network: shapes, presets, exact re-parameterization."""
+
+import ast
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import aether_arch
+from aether_arch import PRESET_FACTORIES, PRESETS, AetherNet, RepConv, aether_tiny
+
+SCALES = (1, 2, 3, 4)
+PRESET_NAMES = tuple(PRESET_FACTORIES)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("scale", SCALES)
+def test_exact_scale_for_any_size(name, scale):
+    model = PRESET_FACTORIES[name](scale=scale).eval()
+    with torch.no_grad():
+        for h, w in ((1, 1), (7, 13), (16, 16), (1, 9)):
+            out = model(torch.rand(2, 3, h, w))
+            assert out.shape == (2, 3, h * scale, w * scale)
+            assert out.min() >= 0 and out.max() <= 1
+
+
+def test_presets_are_sized_for_their_class():
+    limits = {
+        "aether_tiny": (0, 0.4e6),
+        "aether_small": (0.2e6, 1e6),
+        "aether_medium": (2e6, 4e6),
+        "aether_large": (8e6, 12e6),
+    }
+    for name, (low, high) in limits.items():
+        n = sum(p.numel() for p in PRESET_FACTORIES[name](scale=4).fuse().parameters())
+        assert low <= n <= high, (name, n)
+
+
+def test_preset_overrides_and_keyword_only():
+    model = aether_tiny(scale=2, num_blocks=2)
+    assert model.config["num_blocks"] == 2 and model.config["dim"] == PRESETS["aether_tiny"]["dim"]
+    with pytest.raises(TypeError):
+        AetherNet(4)  # hyperparameters are keyword-only
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"scale": 0}, "scale must be a positive integer"),
+        ({"large_kernel": 8}, "large_kernel must be odd"),
+        ({"dim": 16, "partial_channels": 32}, "must not exceed dim"),
+    ],
+)
+def test_bad_hyperparameters_are_explained(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AetherNet(**kwargs)
+
+
+def test_fresh_model_starts_close_to_nearest_upsampling():
+    """The learned input shortcut starts as nearest-neighbour upsampling."""
+    model = aether_tiny(scale=2).eval()
+    for conv in (model.upsample,):
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+    x = torch.rand(1, 3, 5, 6)
+    with torch.no_grad():
+        out = model(x)
+    expected = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def _assert_moved_from_init(model: AetherNet) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean.abs().max() > 1e-4, name
+            assert (module.running_var - 1).abs().max() > 1e-4, name
+            assert (module.weight - 1).abs().max() > 1e-4, name
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("scale", SCALES)
+def test_fusion_is_exact(trained_models, name, scale):
+    trained = trained_models(name, scale)
+    _assert_moved_from_init(trained)
+    x = torch.rand(1, 3, 11, 9)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
+        reference = copy.deepcopy(trained).to(dtype).eval()
+        fused = copy.deepcopy(reference).fuse()
+        with torch.no_grad():
+            a = reference.forward_unclamped(x.to(dtype))
+            b = fused.forward_unclamped(x.to(dtype))
+        assert rel_err(a, b) <= tolerance, (dtype, rel_err(a, b))
+
+
+def test_deploy_form_has_no_norms_or_branches_and_fuse_is_idempotent(trained_models):
+    model = copy.deepcopy(trained_models("aether_small", 2))
+    assert not model.fused
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    returned = model.fuse()
+    assert returned is model and model.fused
+    kinds = {type(m) for m in model.modules()}
+    assert not any(issubclass(k, (nn.BatchNorm2d, RepConv, nn.ModuleList)) for k in kinds), kinds
+    assert all(
+        isinstance(m, nn.Conv2d) for n, m in model.named_modules() if n.endswith((".local", ".mix", ".conv"))
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.fuse()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fused_model_can_keep_training():
+    model = aether_tiny(scale=2).fuse().train()
+    loss = model(torch.rand(1, 3, 8, 8)).mean()
+    loss.backward()
+    assert model.head.weight.grad is not None
+
+
+def test_arch_file_imports_only_torch_and_stdlib():
+    import sys
+
+    tree = ast.parse(Path(aether_arch.__file__).read_text())
+    top_level = set()
+    for node in tree.body:  # module level only: lazy imports inside functions are fine
+        if isinstance(node, ast.Import):
+            top_level.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            top_level.add(node.module.split(".")[0])
+    allowed = set(sys.stdlib_module_names) | {"torch"}
+    assert top_level <= allowed, top_level - allowed

@@ -1,0 +1,136 @@
+"""Dropping aether_arch.py into neosr/archs/ or traiNNer/archs/ registers the presets.
+
+The frameworks themselves are not installed here; these tests rebuild the pieces the arch file
+touches — each framework's Registry (copied behaviour: neosr keeps names as written,
+traiNNer-redux lower-cases them; both assert on duplicates), neosr's net_opt() and both
+build_network() call patterns — as stand-in packages, then import the copied arch file
+the way the framework's auto-import does."""
+
+import importlib
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import aether_arch
+
+REGISTRY_SOURCE = """
+class Registry:
+    def __init__(self, name):
+        self._name = name
+        self._obj_map = {}
+
+    def _do_register(self, name, obj, suffix=None):
+        if isinstance(suffix, str):
+            name = name + "_" + suffix
+        assert name not in self._obj_map, f"An object named '{name}' was already registered"
+        self._obj_map[name] = obj
+
+    def register(self, obj=None, suffix=None):
+        if obj is None:
+            def deco(func_or_class):
+                self._do_register(NAME(func_or_class.__name__), func_or_class, suffix)
+                return func_or_class
+            return deco
+        self._do_register(NAME(obj.__name__), obj, suffix)
+
+    def get(self, name, suffix="x"):
+        ret = self._obj_map.get(NAME(name))
+        if ret is None:
+            raise KeyError(f"No object named '{name}' found in '{self._name}' registry!")
+        return ret
+
+    def __contains__(self, name):
+        return NAME(name) in self._obj_map
+
+ARCH_REGISTRY = Registry("arch")
+"""
+
+BUILD_NETWORK_SOURCE = """
+import importlib
+from copy import deepcopy
+from pathlib import Path
+from {package}.utils.registry import ARCH_REGISTRY
+
+def build_network(opt):
+    for path in Path(__file__).parent.glob("*_arch.py"):
+        importlib.import_module(f"{package}.archs.{{path.stem}}")
+    opt = deepcopy(opt)
+    network_type = opt.pop("type")
+    return ARCH_REGISTRY.get(network_type)(**opt)
+"""
+
+
+def _make_framework(root: Path, package: str, name_rule: str, extra_files: dict[str, str]) -> None:
+    files = {
+        "__init__.py": "",
+        "utils/__init__.py": "",
+        "utils/registry.py": f"NAME = {name_rule}\n" + REGISTRY_SOURCE,
+        "archs/__init__.py": BUILD_NETWORK_SOURCE.format(package=package),
+        **extra_files,
+    }
+    for rel, text in files.items():
+        path = root / package / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    shutil.copy(aether_arch.__file__, root / package / "archs" / "aether_arch.py")
+
+
+@pytest.fixture
+def framework_root(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("neosr", "traiNNer"):
+            del sys.modules[name]
+
+
+def test_neosr_registration_uses_scale_from_options(framework_root):
+    # neosr's net_opt() parses the run's options file; the stand-in returns scale 3.
+    _make_framework(
+        framework_root,
+        "neosr",
+        "lambda name: name",
+        {"archs/arch_util.py": "def net_opt():\n    return 3, True\n"},
+    )
+    archs = importlib.import_module("neosr.archs")
+    registry = importlib.import_module("neosr.utils.registry").ARCH_REGISTRY
+    # neosr's build_network: ARCH_REGISTRY.get(type)(**opt) with no scale
+    net = archs.build_network({"type": "aether_tiny"})
+    assert isinstance(net, torch.nn.Module) and net.scale == 3
+    assert net(torch.rand(1, 3, 16, 16)).shape == (1, 3, 48, 48)
+    assert archs.build_network({"type": "aether_small", "scale": 2, "num_blocks": 2}).scale == 2
+    for name in aether_arch.PRESET_FACTORIES:
+        assert name in registry
+    # a second import of the same file (e.g. re-scan) must not hit the duplicate assert
+    importlib.reload(importlib.import_module("neosr.archs.aether_arch"))
+
+
+def test_traiNNer_registration_takes_scale_keyword(framework_root):
+    _make_framework(framework_root, "traiNNer", "lambda name: name.lower()", {})
+    archs = importlib.import_module("traiNNer.archs")
+    for scale in (1, 2, 3, 4):
+        # traiNNer-redux: build_network({**opt.network_g, "scale": opt.scale})
+        net = archs.build_network({"type": "aether_medium", "scale": scale, "num_blocks": 1})
+        assert net.scale == scale
+        assert net.eval()(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16 * scale, 16 * scale)
+    assert archs.build_network({"type": "AETHER_TINY"}).scale == 4
+
+
+def test_register_presets_is_idempotent_and_keeps_names():
+    namespace = {"NAME": lambda name: name}
+    exec(REGISTRY_SOURCE, namespace)
+    registry = namespace["ARCH_REGISTRY"]
+    aether_arch.register_presets(registry, default_scale=2)
+    aether_arch.register_presets(registry, default_scale=2)  # no duplicate assert
+    assert sorted(registry._obj_map) == sorted(aether_arch.PRESET_FACTORIES)
+    factory = registry.get("aether_large")
+    assert factory.__name__ == "aether_large" and factory.__doc__
+    assert factory(num_blocks=1).scale == 2
+
+
+def test_standalone_import_touches_no_framework():
+    assert not any(name.split(".")[0] in ("neosr", "traiNNer") for name in sys.modules)
