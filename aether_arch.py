@@ -177,36 +177,44 @@ def fuse_children(module: nn.Module) -> None:
             fuse_children(child)
 
 
-class PartialLargeKernel(nn.Module):
-    """Dense k x k conv on the first ``partial_channels`` channels; the rest pass through.
-
-    A dense (not depthwise) large kernel on a slice keeps the large receptive field while
-    staying an integer-friendly GEMM in INT8 runtimes (see module docstring)."""
-
-    def __init__(self, channels: int, partial_channels: int, kernel_size: int, *, fused: bool):
-        super().__init__()
-        self.partial_channels = partial_channels
-        self.conv = make_conv(partial_channels, partial_channels, (kernel_size, 3), fused=fused)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.partial_channels
-        return torch.cat([self.conv(x[:, :p]), x[:, p:]], dim=1)
+class QuantPoint(nn.Identity):
+    """A place where the deployed INT8 graph holds a quantized tensor. A no-op in float
+    models; ``prepare_qat`` replaces each one with an ``ActQuant``. Every conv input and
+    every body conv/add/concat output is one, because that is where ONNX Runtime needs
+    Q/DQ pairs to run the op as an integer kernel (QLinearConv, QLinearAdd, QLinearConcat)."""
 
 
 class AetherBlock(nn.Module):
-    """Residual block: 3x3 conv -> ReLU -> partial large-kernel conv -> 1x1 conv, + input."""
+    """Residual block: 3x3 conv -> ReLU -> partial large-kernel conv -> 1x1 conv, + input.
+
+    The partial large kernel is a dense k x k conv on the first ``partial_channels``
+    channels; the rest pass through. A dense (not depthwise) large kernel on a slice keeps
+    the large receptive field while staying an integer-friendly GEMM (see module docstring).
+    """
 
     def __init__(
         self, channels: int, partial_channels: int, large_kernel: int, *, fused: bool
     ) -> None:
         super().__init__()
+        self.partial_channels = partial_channels
         self.local = make_conv(channels, channels, (3, 1), fused=fused)
         self.act = nn.ReLU(inplace=True)
-        self.spatial = PartialLargeKernel(channels, partial_channels, large_kernel, fused=fused)
+        self.local_q = QuantPoint()
+        self.large = make_conv(partial_channels, partial_channels, (large_kernel, 3), fused=fused)
+        self.large_q = QuantPoint()
+        self.concat_q = QuantPoint()
         self.mix = make_conv(channels, channels, (1,), fused=fused)
+        self.mix_q = QuantPoint()
+        self.out_q = QuantPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mix(self.spatial(self.act(self.local(x))))
+        y = self.local_q(self.act(self.local(x)))
+        p = self.partial_channels
+        # Slices are re-quantized with their producer's parameters (exact, since they are
+        # already on its grid) so that the exported graph has Q/DQ right before each consumer.
+        large = self.large_q(self.large(self.local_q(y[:, :p])))
+        y = self.concat_q(torch.cat([large, self.local_q(y[:, p:])], dim=1))
+        return self.out_q(x + self.mix_q(self.mix(y)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -225,6 +233,11 @@ class AetherNet(nn.Module):
         large_kernel: odd kernel size of the partial large-kernel conv.
         partial_channels: channels the large kernel is applied to (<= dim).
         fused: build the deploy form directly (to load fused checkpoints).
+        qat: build the quantization-aware form (fused + INT8 simulation, see prepare_qat);
+            float checkpoints of either form still load into it with strict=True.
+        int8_profile: "cpu" (ONNX Runtime CPU: asymmetric uint8 activations) or "tensorrt"
+            (symmetric int8 activations, zero-point 0). Weights are always symmetric int8
+            per output channel.
     """
 
     def __init__(
@@ -238,6 +251,8 @@ class AetherNet(nn.Module):
         large_kernel: int = 9,
         partial_channels: int = 16,
         fused: bool = False,
+        qat: bool = False,
+        int8_profile: str = "cpu",
     ) -> None:
         super().__init__()
         _check_hyperparameters(
@@ -249,6 +264,11 @@ class AetherNet(nn.Module):
             large_kernel=large_kernel,
             partial_channels=partial_channels,
         )
+        if int8_profile not in INT8_PROFILES:
+            raise ValueError(
+                f"AetherNet: int8_profile must be one of {', '.join(INT8_PROFILES)}, "
+                f"got {int8_profile!r}"
+            )
         self.config: dict[str, Any] = {
             "scale": scale,
             "in_channels": in_channels,
@@ -262,9 +282,13 @@ class AetherNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.fused = fused
+        self.qat = False
+        self.int8_profile = int8_profile
 
         self.register_buffer("mean", _channel_mean(in_channels))
+        self.input_q = QuantPoint()
         self.head = nn.Conv2d(in_channels, dim, 3, padding=1)
+        self.head_q = QuantPoint()
         self.blocks = nn.Sequential(
             *(
                 AetherBlock(dim, partial_channels, large_kernel, fused=fused)
@@ -272,6 +296,11 @@ class AetherNet(nn.Module):
             )
         )
         self.body_tail = make_conv(dim, dim, (3, 1), fused=fused)
+        self.tail_q = QuantPoint()
+        self.feat_q = QuantPoint()
+        # The two output convs take quantized inputs and int8 weights but give float outputs:
+        # an 8-bit grid over the output range would be coarser than 1/255 (and they are a
+        # small share of the MACs).
         self.upsample = nn.Conv2d(dim, out_channels * scale * scale, 3, padding=1)
         # Learned shortcut from the input straight to the sub-pixel output, initialised to
         # nearest-neighbour upsampling: the body only has to learn the residual detail.
@@ -279,6 +308,8 @@ class AetherNet(nn.Module):
         self.shuffle = nn.PixelShuffle(scale)
         if not fused:
             self._init_skip_as_nearest()
+        if qat:
+            prepare_qat(self, int8_profile=int8_profile)
 
     @torch.no_grad()
     def _init_skip_as_nearest(self) -> None:
@@ -290,9 +321,10 @@ class AetherNet(nn.Module):
                 self.skip.weight[c * r2 : (c + 1) * r2, c, 1, 1] = 1.0
 
     def forward_unclamped(self, x: torch.Tensor) -> torch.Tensor:
-        x = x - self.mean
-        feat = self.head(x)
-        feat = feat + self.body_tail(self.blocks(feat))
+        x = self.input_q(x - self.mean)
+        feat = self.head_q(self.head(x))
+        tail = self.tail_q(self.body_tail(self.blocks(feat)))
+        feat = self.feat_q(feat + tail)
         out = self.shuffle(self.upsample(feat) + self.skip(x))
         # A fused model has the output mean folded into the upsampler bias (see fuse()).
         return out if self.fused else out + self._output_mean()
@@ -322,7 +354,10 @@ class AetherNet(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"fused={self.fused}, " + ", ".join(f"{k}={v}" for k, v in self.config.items())
+        flags = f"fused={self.fused}, qat={self.qat}"
+        if self.qat:
+            flags += f", int8_profile={self.int8_profile}"
+        return flags + ", " + ", ".join(f"{k}={v}" for k, v in self.config.items())
 
 
 def _channel_mean(channels: int) -> torch.Tensor:
@@ -385,6 +420,367 @@ PRESET_FACTORIES = {f.__name__: f for f in (aether_tiny, aether_small, aether_me
 
 
 # ---------------------------------------------------------------------------------------
+# Quantization-aware training (core fake-quant ops only; no torch.ao.quantization)
+# ---------------------------------------------------------------------------------------
+
+# Activation storage type per profile; weights are always symmetric int8 per channel.
+INT8_PROFILES: dict[str, torch.dtype] = {
+    "cpu": torch.uint8,  # ONNX Runtime CPU's fast path: u8 activations with a zero-point
+    "tensorrt": torch.int8,  # TensorRT explicit quantization: symmetric, zero-point 0
+}
+WEIGHT_QMAX = 127  # symmetric [-127, 127]: -128 unused, as TensorRT and ORT expect
+
+
+def _define_quantize_dequantize() -> Any:
+    """``aether::quantize_dequantize(x, scale, zero_point, axis)``: exactly ONNX
+    QuantizeLinear -> DequantizeLinear (x / scale, round half to even, saturate to
+    zero_point's dtype; axis < 0: per tensor). A custom op
+    because torch's exporter cannot trace the fake-quant ops; it maps this one to a Q/DQ pair
+    (see _quantize_dequantize_onnx). Defined once per process, even if this file is imported
+    under two module names."""
+    if not hasattr(torch.ops.aether, "quantize_dequantize"):
+
+        @torch.library.custom_op("aether::quantize_dequantize", mutates_args=())
+        def quantize_dequantize(
+            x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int
+        ) -> torch.Tensor:
+            # Written out rather than torch.fake_quantize_*: those multiply by 1/scale,
+            # ONNX divides, and the two round ties differently.
+            info = torch.iinfo(zero_point.dtype)
+            shape = [1] * x.dim()
+            if axis >= 0:
+                shape[axis] = -1
+            s = scale.to(x.dtype).reshape(shape)
+            zp = zero_point.to(x.dtype).reshape(shape)
+            q = torch.clamp(torch.round(x / s) + zp, info.min, info.max)
+            return (q - zp) * s
+
+        @quantize_dequantize.register_fake
+        def _(x, scale, zero_point, axis):
+            return torch.empty_like(x)
+
+    return torch.ops.aether.quantize_dequantize.default
+
+
+quantize_dequantize = _define_quantize_dequantize()
+
+
+def _quantize_dequantize_onnx(x: Any, scale: Any, zero_point: Any, axis: int) -> Any:
+    from onnxscript import opset17 as op
+
+    if axis < 0:
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_point), scale, zero_point)
+    quantized = op.QuantizeLinear(x, scale, zero_point, axis=axis)
+    return op.DequantizeLinear(quantized, scale, zero_point, axis=axis)
+
+
+def activation_qparams(
+    low: torch.Tensor, high: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point) covering [low, high] (widened to include 0, so that zero padding
+    and ReLU's zero are exact) for a uint8 (asymmetric) or int8 (symmetric) tensor."""
+    low, high = low.float().clamp(max=0.0), high.float().clamp(min=0.0)
+    if dtype == torch.uint8:
+        scale = ((high - low) / 255.0).clamp(min=1e-8)
+        zero_point = torch.round(-low / scale).clamp(0, 255)
+    else:
+        scale = (torch.maximum(-low, high) / 127.0).clamp(min=1e-8)
+        zero_point = torch.zeros_like(scale)
+    return scale, zero_point.to(dtype)
+
+
+class ActQuant(nn.Module):
+    """Per-tensor INT8 fake quantization of an activation, with an LSQ-learned scale.
+
+    The range is initialised from the first training batch it sees (or from calibration
+    data, see calibrate_int8), then the scale is learned by gradient descent (LSQ, Esser et
+    al. 2020) while the zero-point stays fixed. In eval mode it is the exact Q/DQ pair that
+    the exported ONNX graph runs; before initialisation it passes values through."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        info = torch.iinfo(dtype)
+        self.qmin, self.qmax = info.min, info.max
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=dtype))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._initialized: bool | None = False  # cache of the buffer (None: re-read it)
+        self._observed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.observing = False
+
+    def is_initialized(self) -> bool:
+        if self._initialized is None:
+            self._initialized = bool(self.initialized)
+        return self._initialized
+
+    @torch.no_grad()
+    def set_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        scale, zero_point = activation_qparams(low, high, self.zero_point.dtype)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+        self.initialized.fill_(True)
+        self._initialized = True
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        low, high = x.detach().min().float(), x.detach().max().float()
+        if self._observed is not None:
+            low, high = torch.minimum(low, self._observed[0]), torch.maximum(high, self._observed[1])
+        self._observed = (low, high)
+
+    def finish_observing(self) -> None:
+        """Set the range to everything seen while ``observing`` (post-training calibration)."""
+        if self._observed is not None:
+            self.set_range(*self._observed)
+        self._observed = None
+        self.observing = False
+
+    def positive_scale(self) -> torch.Tensor:
+        # LSQ updates may push the scale through zero; the sign carries no meaning
+        return self.scale.abs().clamp(min=1e-8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self._observe(x)
+            return x
+        if self.training:
+            if not self.is_initialized():
+                self.set_range(x.detach().min(), x.detach().max())
+            grad_factor = 1.0 / math.sqrt(x[0].numel() * self.qmax)
+            out = torch._fake_quantize_learnable_per_tensor_affine(
+                x.float(),
+                self.positive_scale().reshape(1),
+                self.zero_point.float().reshape(1),
+                self.qmin,
+                self.qmax,
+                grad_factor,
+            )
+            return out.to(x.dtype)
+        if not self.is_initialized():
+            return x
+        return quantize_dequantize(x, self.positive_scale().detach(), self.zero_point, -1)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized = None
+
+    def extra_repr(self) -> str:
+        return f"{self.zero_point.dtype}, scale={self.scale.item():.4g}, zero_point={int(self.zero_point)}"
+
+
+class QuantConv2d(nn.Conv2d):
+    """Conv2d whose weights are fake-quantized to symmetric int8 per output channel.
+
+    ``weight_scale`` (max |w| / 127 per channel) tracks the weights while training and is
+    frozen in eval mode, where it is what the exported graph and the INT8 .pth carry.
+    The bias is rounded to the int32 grid input_scale * weight_scale, as integer runtimes
+    store it. A state dict with int8 weights (the INT8 release file) is dequantized on load."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_scale", torch.ones(self.out_channels))
+        self.register_buffer(
+            "weight_zero_point", torch.zeros(self.out_channels, dtype=torch.int8), persistent=False
+        )
+        self.register_buffer(
+            "bias_zero_point", torch.zeros(self.out_channels, dtype=torch.int32), persistent=False
+        )
+        # The ActQuant that feeds this conv (set by prepare_qat). A plain attribute, not a
+        # submodule: it belongs to the network's tree, not to this conv.
+        self._input_quant: ActQuant | None = None
+        self.refresh_weight_scale()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "QuantConv2d":
+        q = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            bias=conv.bias is not None,
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        q.load_state_dict(conv.state_dict(), strict=False)
+        q.refresh_weight_scale()
+        return q
+
+    @torch.no_grad()
+    def refresh_weight_scale(self) -> None:
+        amax = self.weight.detach().abs().amax(dim=(1, 2, 3)).float()
+        self.weight_scale.copy_((amax / WEIGHT_QMAX).clamp(min=1e-12))
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.training:
+            self.refresh_weight_scale()
+            return torch.fake_quantize_per_channel_affine(
+                self.weight,
+                self.weight_scale,
+                self.weight_zero_point.to(torch.int32),
+                0,
+                -WEIGHT_QMAX,
+                WEIGHT_QMAX,
+            )
+        return quantize_dequantize(self.weight, self.weight_scale, self.weight_zero_point, 0)
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        if self.bias is None or self._input_quant is None:
+            return self.bias
+        scale = self._input_quant.positive_scale().detach() * self.weight_scale
+        if self.training:  # straight-through rounding
+            return self.bias + (torch.round(self.bias / scale) * scale - self.bias).detach()
+        return quantize_dequantize(self.bias, scale, self.bias_zero_point, 0)
+
+    def int8_weight(self) -> torch.Tensor:
+        scale = self.weight_scale.reshape(-1, 1, 1, 1)
+        return torch.round(self.weight.detach() / scale).clamp(-WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.quantized_weight(), self.quantized_bias()
+        if self.training or torch.compiler.is_exporting() or x.device.type != "cpu":
+            return self._conv_forward(x, weight, bias)
+        # Inference on CPU: accumulate in float64, where the products of quantized inputs
+        # and weights are exact, so results round like the integer kernels of ONNX Runtime
+        # (float32 accumulation flips a few roundings, and flips compound layer by layer).
+        bias = None if bias is None else bias.double()
+        return self._conv_forward(x.double(), weight.double(), bias).to(x.dtype)
+
+    def train(self, mode: bool = True) -> "QuantConv2d":
+        super().train(mode)
+        if not mode:  # freeze the scale for the weights as they are now
+            self.refresh_weight_scale()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        weight = state_dict.get(prefix + "weight")
+        scale = state_dict.get(prefix + "weight_scale")
+        if weight is not None and weight.dtype == torch.int8 and scale is not None:
+            state_dict[prefix + "weight"] = weight.float() * scale.float().reshape(-1, 1, 1, 1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _quantizer_state_keys(model: AetherNet) -> list[str]:
+    """State-dict keys that exist only in the QAT form."""
+    keys = []
+    for name, module in model.named_modules():
+        if isinstance(module, ActQuant):
+            keys += [f"{name}.{k}" for k in ("scale", "zero_point", "initialized")]
+        elif isinstance(module, QuantConv2d):
+            keys.append(f"{name}.weight_scale")
+    return keys
+
+
+def _accept_float_state_dict(
+    model: AetherNet, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """Load-state-dict pre-hook of QAT models: a float checkpoint (training or fused form)
+    loads with strict=True. Training-form weights are fused here; quantizer state the float
+    checkpoint lacks keeps this model's (uninitialised) values."""
+    ours = model.state_dict()
+    quantizer_keys = _quantizer_state_keys(model)
+    if any(prefix + k in state_dict for k in quantizer_keys):
+        return  # a QAT checkpoint: load as is
+    if prefix + "body_tail.branches.0.conv.weight" in state_dict:
+        float_sd = {k[len(prefix) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+        training_form = AetherNet(**{**model.config, "fused": False}).to(next(model.parameters()))
+        training_form.load_state_dict(float_sd, strict=True)
+        state_dict.update({prefix + k: v for k, v in training_form.fuse().state_dict().items()})
+    for key in quantizer_keys:
+        state_dict.setdefault(prefix + key, ours[key])
+
+
+def _link_conv_inputs(model: AetherNet) -> None:
+    """Tell every QuantConv2d which ActQuant quantizes its input (for its bias grid)."""
+    links = [(model.head, model.input_q), (model.skip, model.input_q), (model.upsample, model.feat_q)]
+    previous = model.head_q
+    for block in model.blocks:
+        links += [(block.local, previous), (block.large, block.local_q), (block.mix, block.concat_q)]
+        previous = block.out_q
+    links.append((model.body_tail, previous))
+    for conv, quantizer in links:
+        object.__setattr__(conv, "_input_quant", quantizer)
+
+
+def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherNet:
+    """Turn a float AetherNet into its quantization-aware form, in place, and return it.
+
+    The model is fused first, so that what is fake-quantized is exactly what is deployed:
+    every conv's fused weights (symmetric int8 per output channel) and every tensor the INT8
+    graph holds (per-tensor INT8, range initialised on the first training batch or by
+    calibrate_int8, then learned). Idempotent."""
+    if model.qat:
+        return model
+    profile = int8_profile or model.int8_profile
+    if profile not in INT8_PROFILES:
+        raise ValueError(f"int8_profile must be one of {', '.join(INT8_PROFILES)}, got {profile!r}")
+    model.fuse()
+
+    def swap(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if type(child) is nn.Conv2d:
+                setattr(parent, name, QuantConv2d.from_conv(child))
+            elif isinstance(child, QuantPoint):
+                setattr(parent, name, ActQuant(INT8_PROFILES[profile]).to(model.mean.device))
+            else:
+                swap(child)
+
+    swap(model)
+    _link_conv_inputs(model)
+    model.qat = True
+    model.int8_profile = profile
+    model._register_load_state_dict_pre_hook(_accept_float_state_dict, with_module=True)
+    model.train(model.training)
+    return model
+
+
+def act_quantizers(model: nn.Module) -> list[ActQuant]:
+    return [m for m in model.modules() if isinstance(m, ActQuant)]
+
+
+def is_calibrated(model: AetherNet) -> bool:
+    """Whether every activation range of a QAT model is set (by QAT training or calibration)."""
+    quantizers = act_quantizers(model)
+    return bool(quantizers) and all(q.is_initialized() for q in quantizers)
+
+
+@torch.no_grad()
+def calibrate_int8(model: AetherNet, batches: Any) -> AetherNet:
+    """Post-training quantization: set every activation range of a QAT-form model to the
+    min/max seen on ``batches`` (float NCHW tensors in [0, 1]). Lower quality than QAT
+    fine-tuning; use it for models that were not trained with QAT."""
+    prepare_qat(model)
+    model.eval()
+    quantizers = act_quantizers(model)
+    for q in quantizers:
+        q.observing = True
+    try:
+        seen = 0
+        for batch in batches:
+            model(batch.to(model.mean))
+            seen += 1
+    finally:
+        for q in quantizers:
+            if seen:
+                q.finish_observing()
+            q.observing = False
+    if not seen:
+        raise ValueError("calibrate_int8 needs at least one batch of images")
+    return model
+
+
+def int8_state_dict(model: AetherNet) -> OrderedDict[str, torch.Tensor]:
+    """The state dict of a calibrated QAT model with every conv weight stored as int8
+    (plus its float per-channel scale): the INT8 PyTorch release format."""
+    if not model.qat or not is_calibrated(model):
+        raise ValueError("int8_state_dict needs a QAT model whose ranges are set (QAT-trained or calibrated)")
+    model.eval()
+    state_dict = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    for name, module in model.named_modules():
+        if isinstance(module, QuantConv2d):
+            state_dict[f"{name}.weight"] = module.int8_weight()
+    return state_dict
+
+
+# ---------------------------------------------------------------------------------------
 # Checkpoint I/O
 # ---------------------------------------------------------------------------------------
 
@@ -421,7 +817,8 @@ def _scale_and_out_channels(sub_pixel_channels: int, in_channels: int) -> tuple[
 
 
 def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Infer every AetherNet hyperparameter from a state dict's keys and shapes alone.
+    """Infer every AetherNet hyperparameter from a state dict's keys and shapes alone
+    (and, for QAT / INT8 files, the INT8 profile from the zero-point dtype).
 
     ``AetherNet(**detect_config(sd))`` builds a model that loads ``sd`` with strict=True.
     Raises AetherCheckpointError if the state dict is not an AetherNet one."""
@@ -440,7 +837,7 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             + (f" (missing {', '.join(missing)})" if missing else "")
         )
     fused = "body_tail.weight" in state_dict
-    large_key = "blocks.0.spatial.conv." + ("weight" if fused else "branches.0.conv.weight")
+    large_key = "blocks.0.large." + ("weight" if fused else "branches.0.conv.weight")
     if large_key not in state_dict:
         raise AetherCheckpointError(
             f"incomplete AetherNet checkpoint: {large_key!r} is missing; the file may be "
@@ -452,6 +849,16 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     scale, out_channels = _scale_and_out_channels(
         int(state_dict["upsample.weight"].shape[0]), in_channels
     )
+    qat = "input_q.zero_point" in state_dict
+    profile = "cpu"
+    if qat:
+        dtypes = {dtype: name for name, dtype in INT8_PROFILES.items()}
+        profile = dtypes.get(state_dict["input_q.zero_point"].dtype, "")
+        if not profile:
+            raise AetherCheckpointError(
+                "QAT checkpoint with activation zero-points of type "
+                f"{state_dict['input_q.zero_point'].dtype}; expected uint8 (cpu) or int8 (tensorrt)"
+            )
     return {
         "scale": scale,
         "in_channels": in_channels,
@@ -461,6 +868,8 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         "large_kernel": int(large.shape[-1]),
         "partial_channels": int(large.shape[0]),
         "fused": fused,
+        "qat": qat,
+        "int8_profile": profile,
     }
 
 
@@ -622,6 +1031,8 @@ def checkpoint_metadata(model: AetherNet, **extra: Any) -> dict[str, Any]:
         "preset": preset_name(model.config),
         "config": dict(model.config),
         "fused": model.fused,
+        "qat": model.qat,
+        **({"int8_profile": model.int8_profile} if model.qat else {}),
         **extra,
     }
 
@@ -632,13 +1043,16 @@ def save_checkpoint(
     *,
     metadata: Mapping[str, Any] | None = None,
     param_key: str = "params",
+    int8_weights: bool = False,
 ) -> None:
     """Save plain tensors + JSON metadata (.pth: ``{param_key: sd, "metadata": json}``;
-    .safetensors: tensors + header metadata). Written to a temp file, then renamed."""
+    .safetensors: tensors + header metadata). Written to a temp file, then renamed.
+    ``int8_weights``: store a calibrated QAT model's conv weights as int8 + scales."""
     path = os.fspath(path)
     meta = json.dumps({**checkpoint_metadata(model), **(metadata or {})}, sort_keys=True)
+    source = int8_state_dict(model) if int8_weights else model.state_dict()
     # clone: saved tensors must own compact storage (no views, no shared buffers)
-    state_dict = OrderedDict((k, v.detach().clone().contiguous()) for k, v in model.state_dict().items())
+    state_dict = OrderedDict((k, v.detach().clone().contiguous()) for k, v in source.items())
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         if path.lower().endswith(".safetensors"):
@@ -667,11 +1081,13 @@ ONNX_OPSETS = range(14, 19)
 @contextlib.contextmanager
 def _quiet_exporter():
     """The torch.onnx exporter logs and warns about its own internals (missing torchvision
-    ops, pytree deprecations); none of it concerns our users."""
+    ops, opset fallbacks, a pytree FutureWarning); none of it concerns our users. Deprecation
+    warnings are left alone, so tests run with -W error::DeprecationWarning still see them."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnxscript)\.")
         for logger in loggers:
             logger.setLevel(logging.ERROR)
         try:
@@ -701,6 +1117,37 @@ def _materialize_shared_initializers(graph: Any) -> None:
     graph.node.extend(kept)
 
 
+def _fold_weight_quantization(graph: Any) -> None:
+    """Store quantized weights as int8 initializers: QuantizeLinear(float initializer) ->
+    int8 initializer (same rounding as ONNX: half to even, saturate). Smaller files, and the
+    runtime no longer quantizes the weights on every run."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    kept, replaced = [], set()
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and all(i in initializers for i in node.input):
+            x, scale, zero_point = (numpy_helper.to_array(initializers[i]) for i in node.input)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1:
+                shape = [1] * x.ndim
+                shape[axis] = -1
+                scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+            info = np.iinfo(zero_point.dtype)
+            q = np.clip(np.rint(x / scale) + zero_point.astype(np.int32), info.min, info.max)
+            graph.initializer.append(numpy_helper.from_array(q.astype(zero_point.dtype), node.output[0]))
+            replaced.add(node.input[0])
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for node in graph.node for i in node.input}
+    unused = [init for init in graph.initializer if init.name in replaced and init.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+
+
 def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 16) -> Any:
     """The ONNX ModelProto of ``model`` (any form; export a fused one for deployment):
     input ``input`` [batch, C, height, width] -> output ``output`` [batch, C, height*s,
@@ -711,6 +1158,11 @@ def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 1
     if opset not in ONNX_OPSETS:
         raise ValueError(
             f"ONNX opset {opset} is not supported; use {ONNX_OPSETS[0]}..{ONNX_OPSETS[-1]}"
+        )
+    if model.qat and not is_calibrated(model):
+        raise ValueError(
+            "this QAT model has activation ranges that were never set: fine-tune it with QAT "
+            "or run calibrate_int8() on real images before exporting"
         )
     parameter = next(model.parameters())
     example = torch.rand(
@@ -729,6 +1181,7 @@ def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 1
                 opset_version=opset,
                 dynamo=True,
                 dynamic_shapes={"x": dims},
+                custom_translation_table={quantize_dequantize: _quantize_dequantize_onnx},
                 optimize=True,
                 verbose=False,
             )
@@ -738,6 +1191,7 @@ def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 1
     if proto.opset_import[0].version != opset:  # the exporter falls back to its own opset
         proto = onnx.version_converter.convert_version(proto, opset)
     _materialize_shared_initializers(proto.graph)
+    _fold_weight_quantization(proto.graph)
     onnx.checker.check_model(proto)
     return proto
 

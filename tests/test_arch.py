@@ -107,7 +107,7 @@ def test_deploy_form_has_no_norms_or_branches_and_fuse_is_idempotent(trained_mod
     kinds = {type(m) for m in model.modules()}
     assert not any(issubclass(k, (nn.BatchNorm2d, RepConv, nn.ModuleList)) for k in kinds), kinds
     assert all(
-        isinstance(m, nn.Conv2d) for n, m in model.named_modules() if n.endswith((".local", ".mix", ".conv"))
+        isinstance(m, nn.Conv2d) for n, m in model.named_modules() if n.endswith((".local", ".large", ".mix"))
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.fuse()

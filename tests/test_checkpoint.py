@@ -30,14 +30,16 @@ def test_detect_config_round_trip(name, scale, fused):
         model.fuse()
     state_dict = model.state_dict()
     config = detect_config(state_dict)
-    assert config == {**model.config, "fused": fused}
+    assert config == {**model.config, "fused": fused, "qat": False, "int8_profile": "cpu"}
     rebuilt = AetherNet(**config)
     rebuilt.load_state_dict(state_dict, strict=True)
 
 
 def test_detect_config_custom_hyperparameters():
     model = AetherNet(scale=3, dim=24, num_blocks=3, large_kernel=5, partial_channels=8)
-    assert detect_config(model.state_dict()) == {**model.config, "fused": False}
+    assert detect_config(model.state_dict()) == {
+        **model.config, "fused": False, "qat": False, "int8_profile": "cpu"
+    }
 
 
 def _outputs_equal(a: nn.Module, b: nn.Module) -> bool:

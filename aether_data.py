@@ -1,0 +1,120 @@
+"""Image I/O, the LR degradation and PSNR, shared by the training, release and benchmark scripts
+so that all of them measure quality the same way.
+
+Images are float32 RGB arrays in [0, 1], shape (H, W, 3); tensors are float32 NCHW.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded."""
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """Decode any 8/16-bit greyscale, RGB or RGBA image to float32 RGB in [0, 1].
+
+    Returns (image, notes): notes say what was converted (greyscale expanded, alpha dropped,
+    16-bit scaled) so callers can tell the user."""
+    data = np.fromfile(os.fspath(path), dtype=np.uint8)  # also works for non-ASCII paths
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ImageReadError(f"cannot decode image {os.fspath(path)!r} (corrupt or not an image)")
+    notes = []
+    if image.dtype == np.uint16:
+        notes.append("16-bit")
+        image = image.astype(np.float32) / 65535.0
+    elif image.dtype == np.uint8:
+        image = image.astype(np.float32) / 255.0
+    else:
+        raise ImageReadError(f"unsupported pixel type {image.dtype} in {os.fspath(path)!r}")
+    if image.ndim == 2:
+        notes.append("greyscale expanded to RGB")
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.shape[2] == 4:
+        notes.append("alpha channel dropped")
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    elif image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    else:
+        raise ImageReadError(f"unsupported channel count {image.shape[2]} in {os.fspath(path)!r}")
+    return np.ascontiguousarray(image), notes
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a float RGB [0, 1] image as 8-bit (temp file, then rename)."""
+    path = os.fspath(path)
+    bgr = cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(Path(path).suffix or ".png", bgr)
+    if not ok:
+        raise ValueError(f"cannot encode image for {path!r}")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        encoded.tofile(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) array -> (1, 3, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) tensor -> (H, W, 3) float32 array."""
+    return tensor[0].detach().float().cpu().numpy().transpose(1, 2, 0)
+
+
+def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
+    """Crop H and W down to multiples of ``scale`` so LR x scale == HR exactly."""
+    h, w = image.shape[0] - image.shape[0] % scale, image.shape[1] - image.shape[1] % scale
+    return image[:h, :w]
+
+
+def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The LR degradation used for training and for every quality figure: antialiased
+    bicubic downscaling (like MATLAB's imresize / PIL), NCHW with H, W divisible by scale."""
+    if scale == 1:
+        return hr
+    h, w = hr.shape[-2] // scale, hr.shape[-1] // scale
+    return F.interpolate(hr, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The bicubic baseline every quality figure is compared against."""
+    if scale == 1:
+        return lr
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:
+    """PSNR in dB on RGB, after rounding both images to 8 bits (what a user saves), ignoring
+    ``border`` pixels on each side (the usual SR convention: border = scale)."""
+    a8, b8 = to_uint8(a).astype(np.float64), to_uint8(b).astype(np.float64)
+    if border:
+        a8, b8 = a8[border:-border, border:-border], b8[border:-border, border:-border]
+    mse = np.mean((a8 - b8) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

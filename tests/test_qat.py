@@ -1,0 +1,267 @@
+"""Quantization-aware training: the simulation is real INT8, and the exported models match it."""
+
+import copy
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from aether_arch import (
+    ActQuant,
+    AetherNet,
+    QuantConv2d,
+    QuantPoint,
+    aether_tiny,
+    calibrate_int8,
+    detect_config,
+    is_calibrated,
+    load_model,
+    onnx_model_proto,
+    prepare_qat,
+    read_checkpoint,
+    save_checkpoint,
+)
+from conftest import train_steps
+
+
+def _sr_batch(n=2, size=16, scale=2):
+    """Smooth random images and their nearest-upsampled targets plus detail: an SR-like task
+    that keeps activations in a realistic range."""
+    low = torch.rand(n, 3, size // 4, size // 4)
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    target = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    return x, target.clamp(0, 1)
+
+
+def _qat_model(profile="cpu", steps=4, scale=2):
+    """A float model trained briefly on an SR-like task, then QAT-fine-tuned briefly (ranges
+    and scales learned)."""
+    torch.manual_seed(3)
+    model = aether_tiny(scale=scale, num_blocks=3)
+    for qat_phase, n_steps, lr in ((False, 30, 2e-3), (True, steps, 1e-4)):
+        if qat_phase:
+            prepare_qat(model, int8_profile=profile)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        for _ in range(n_steps):
+            x, target = _sr_batch(scale=scale)
+            loss = (model(x) - target).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def qat_model():
+    return _qat_model()
+
+
+def _manual_fake_quant(x, scale, zero_point, qmin, qmax):
+    """ONNX QuantizeLinear -> DequantizeLinear, written out: round half to even, saturate."""
+    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def _reference_int8_model(qat):
+    """A FLOAT64 fused AetherNet with the QAT model's weights rounded to int8 by hand, biases
+    rounded to the int32 grid (input scale x weight scale) and hand-written fake quantization
+    hooked onto the same quantization points."""
+    config = {k: v for k, v in detect_config(qat.state_dict()).items() if k not in ("qat",)}
+    ref = AetherNet(**{**config, "fused": True}).double().eval()
+    modules = dict(qat.named_modules())
+    input_scales = {id(m): float(m.scale.detach().abs()) for m in modules.values() if isinstance(m, ActQuant)}
+    with torch.no_grad():
+        for name, module in ref.named_modules():
+            if isinstance(module, torch.nn.Conv2d):
+                q = modules[name]
+                s = q.weight.double().abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+                module.weight.copy_(torch.clamp(torch.round(q.weight.double() / s), -127, 127) * s)
+                bias_step = input_scales[id(q._input_quant)] * s.flatten()
+                module.bias.copy_(torch.round(q.bias.double() / bias_step) * bias_step)
+            elif isinstance(module, QuantPoint):
+                act = modules[name]
+                params = (float(act.scale.detach().abs()), int(act.zero_point), act.qmin, act.qmax)
+                module.register_forward_hook(lambda m, i, o, p=params: _manual_fake_quant(o, *p))
+    return ref
+
+
+def _record_outputs(model, store):
+    def hook(name):
+        def record(module, inputs, output):
+            store.setdefault(name, output.double())  # first call: the unsliced tensor
+
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, (ActQuant, QuantPoint)):
+            module.register_forward_hook(hook(name))
+
+
+def test_qat_forward_equals_reference_int8_simulation(qat_model):
+    qat_model = copy.deepcopy(qat_model)
+    ref = _reference_int8_model(qat_model)
+    got, expected = {}, {}
+    _record_outputs(qat_model, got)
+    _record_outputs(ref, expected)
+    x, _ = _sr_batch(n=2, size=20)
+    with torch.no_grad():
+        out, ref_out = qat_model.forward_unclamped(x), ref.forward_unclamped(x.double())
+    assert got.keys() == expected.keys() and len(got) == 5 * 3 + 4
+    for name in got:
+        step = float(dict(qat_model.named_modules())[name].scale.detach())
+        diff = (got[name] - expected[name]).abs() / step
+        # the same INT8 grid value everywhere but at rare float32-vs-float64 rounding ties
+        assert diff.max() <= 1.0 + 1e-4 and (diff > 0.5).float().mean() < 2e-3, name
+    assert (out.double() - ref_out).abs().mean() < 0.1 * float(qat_model.feat_q.scale.detach())
+
+
+def test_training_and_eval_quantization_agree(qat_model):
+    model = copy.deepcopy(qat_model)
+    x, _ = _sr_batch()
+    with torch.no_grad():
+        evaluated = model.forward_unclamped(x)
+        model.train()
+        for m in model.modules():  # keep BatchNorm-free fused model, only quantizers train
+            pass
+        trained = model.forward_unclamped(x)
+    torch.testing.assert_close(trained, evaluated, atol=1e-6, rtol=0)
+
+
+def test_quantizers_cover_every_conv_and_scales_are_sane(qat_model):
+    assert all(type(m) is not torch.nn.Conv2d for m in qat_model.modules())
+    assert not any(type(m) is QuantPoint for m in qat_model.modules())
+    for m in qat_model.modules():
+        if isinstance(m, ActQuant):
+            assert bool(m.initialized) and torch.isfinite(m.scale) and m.scale > 0
+            assert m.zero_point.dtype == torch.uint8
+        if isinstance(m, QuantConv2d):
+            assert torch.isfinite(m.weight_scale).all() and (m.weight_scale > 0).all()
+            assert m.int8_weight().abs().max() == 127  # max |w| maps to the top of the grid
+
+
+def _session(proto, optimize=True):
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_qdq_onnx_carries_the_qat_scales_and_matches_pytorch(tmp_path, qat_model):
+    proto = onnx_model_proto(qat_model)
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    scalar_scales = {float(v) for v in initializers.values() if v.dtype == np.float32 and v.ndim == 0}
+    for m in qat_model.modules():
+        if isinstance(m, ActQuant):
+            assert float(np.float32(m.scale.detach().abs())) in scalar_scales
+    int8_weights = [v for v in initializers.values() if v.dtype == np.int8 and v.ndim == 4]
+    convs = [m for m in qat_model.modules() if isinstance(m, QuantConv2d)]
+    assert len(int8_weights) == len(convs)
+
+    x, _ = _sr_batch(n=1, size=24)
+    with torch.no_grad():
+        expected = qat_model(x).numpy()
+    step = float(qat_model.feat_q.scale.detach())
+    exact = _session(proto, optimize=False).run(None, {"input": x.numpy()})[0]
+    assert np.abs(exact - expected).max() <= step * 1.001  # Q/DQ semantics: within one step
+    integer = _session(proto).run(None, {"input": x.numpy()})[0]  # ORT integer kernels
+    assert np.abs(integer - expected).max() <= 2 * step
+
+
+def test_onnx_runtime_runs_integer_kernels(tmp_path, qat_model):
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(onnx_model_proto(qat_model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    n_convs = sum(isinstance(m, QuantConv2d) for m in qat_model.modules())
+    # the two output convs (upsampler, shortcut) give float outputs by design
+    assert ops.count("QLinearConv") == n_convs - 2 and ops.count("Conv") <= 2
+    assert "QLinearAdd" in ops and "QLinearConcat" in ops
+
+
+@pytest.mark.parametrize("form", ("training", "fused"))
+def test_float_checkpoint_loads_strictly_into_qat_model(form):
+    float_model = aether_tiny(scale=2, num_blocks=2)
+    train_steps(float_model)
+    if form == "fused":
+        float_model.fuse()
+    qat = aether_tiny(scale=2, num_blocks=2, qat=True)
+    qat.load_state_dict(float_model.state_dict())  # the framework default: strict=True
+    fused = copy.deepcopy(float_model).fuse()
+    for name, p in fused.named_parameters():
+        torch.testing.assert_close(qat.get_parameter(name), p, rtol=0, atol=1e-6)
+    assert not is_calibrated(qat)
+
+
+def test_partial_qat_state_dict_is_still_strict(qat_model):
+    state_dict = qat_model.state_dict()
+    del state_dict["head_q.scale"]
+    with pytest.raises(RuntimeError, match="head_q.scale"):
+        aether_tiny(scale=2, num_blocks=3, qat=True).load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize("suffix", (".pth", ".safetensors"))
+def test_qat_checkpoint_round_trip(tmp_path, qat_model, suffix):
+    path = tmp_path / f"qat{suffix}"
+    save_checkpoint(qat_model, path)
+    loaded = load_model(path)
+    assert loaded.qat and is_calibrated(loaded)
+    state_dict, meta = read_checkpoint(path)
+    assert detect_config(state_dict)["qat"] and meta["qat"] and meta["int8_profile"] == "cpu"
+    x, _ = _sr_batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qat_model(x))
+
+
+def test_int8_pth_is_int8_and_matches_onnx(tmp_path, qat_model):
+    path = tmp_path / "model_int8.pth"
+    save_checkpoint(qat_model, path, int8_weights=True)
+    raw = torch.load(path, weights_only=True)["params"]
+    convs = [n for n, m in qat_model.named_modules() if isinstance(m, QuantConv2d)]
+    assert all(raw[f"{n}.weight"].dtype == torch.int8 for n in convs)
+    loaded = load_model(path)
+    x, _ = _sr_batch(n=1, size=24)
+    with torch.no_grad():
+        from_pth = loaded(x)
+        assert torch.equal(from_pth, qat_model(x))
+    from_onnx = _session(onnx_model_proto(loaded)).run(None, {"input": x.numpy()})[0]
+    assert np.abs(from_onnx - from_pth.numpy()).max() <= 1 / 255
+
+
+def test_tensorrt_profile_is_symmetric():
+    model = _qat_model(profile="tensorrt", steps=1)
+    zero_points = [m.zero_point for m in model.modules() if isinstance(m, ActQuant)]
+    assert all(z.dtype == torch.int8 and int(z) == 0 for z in zero_points)
+    assert detect_config(model.state_dict())["int8_profile"] == "tensorrt"
+    proto = onnx_model_proto(model)
+    initializers = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "QuantizeLinear":
+            zp = onnx.numpy_helper.to_array(initializers[node.input[2]])
+            assert zp.dtype == np.int8 and not zp.any()
+
+
+def test_uncalibrated_model_is_not_exported():
+    with pytest.raises(ValueError, match="never set: fine-tune it with QAT or run calibrate_int8"):
+        onnx_model_proto(aether_tiny(scale=2, qat=True))
+
+
+def test_post_training_calibration_sets_every_range():
+    model = aether_tiny(scale=2, num_blocks=2)
+    train_steps(model)
+    calibrate_int8(model, [_sr_batch()[0] for _ in range(3)])
+    assert model.qat and is_calibrated(model) and not model.training
+
+
+def test_no_deprecation_warnings_on_the_qat_and_export_path(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        model = _qat_model(steps=1)
+        save_checkpoint(model, tmp_path / "q.pth", int8_weights=True)
+        loaded = load_model(tmp_path / "q.pth")
+        onnx_model_proto(loaded)
+        calibrate_int8(aether_tiny(scale=2, num_blocks=1), [torch.rand(1, 3, 8, 8)])
