@@ -4,8 +4,8 @@ One self-contained file (only torch and the standard library at import time) so 
 copied into neosr (``neosr/archs/``) or traiNNer-redux (``traiNNer/archs/``) as is.
 
 Layout, top-down:
-  building blocks (re-parameterizable convolutions) -> network -> presets -> fusion maths
-  -> checkpoint I/O -> framework glue.
+  fusion maths -> building blocks (re-parameterizable convolutions) -> network -> presets
+  -> quantization-aware training -> checkpoint I/O -> ONNX export -> framework glue.
 
 Design notes
 ------------
@@ -18,6 +18,8 @@ Design notes
   cheaper in FP32 but run SLOWER in INT8 on ONNX Runtime's CPU provider, whereas dense convs
   run 2-4x faster in INT8, so the deploy graph is dense convs + ReLU + adds only: every op
   quantizes to an integer kernel.
+* Quantization-aware training (``qat=True`` / ``prepare_qat``) fine-tunes the fused form with
+  the exact INT8 arithmetic of the exported Q/DQ graph (see the QAT section).
 * The input is normalised inside the network (mean subtraction); input and output are RGB,
   float, NCHW, range [0, 1]. In eval mode the output is clamped to [0, 1].
 """
@@ -307,12 +309,22 @@ class AetherNet(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels * scale * scale, 3, padding=1)
         self.shuffle = nn.PixelShuffle(scale)
         if not fused:
-            self._init_skip_as_nearest()
+            self._init_for_training()
         if qat:
             prepare_qat(self, int8_profile=int8_profile)
 
     @torch.no_grad()
-    def _init_skip_as_nearest(self) -> None:
+    def _init_for_training(self) -> None:
+        """Start as exactly nearest-neighbour upsampling with identity blocks: the shortcut is
+        nearest upsampling, the upsampler and each block's last conv start at zero (zero-init
+        residuals, Goyal et al. 2017). Otherwise the BatchNorm branches' unit-variance output
+        makes a fresh network far worse than bicubic and slow to recover."""
+        nn.init.zeros_(self.upsample.weight)
+        nn.init.zeros_(self.upsample.bias)
+        for block in self.blocks:
+            for module in block.mix.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    nn.init.zeros_(module.weight)
         self.skip.weight.zero_()
         self.skip.bias.zero_()
         if self.in_channels == self.out_channels:
@@ -785,6 +797,20 @@ def int8_state_dict(model: AetherNet) -> OrderedDict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; on success rename it to ``path`` (atomic on
+    the same file system), on failure remove it: no half-written file ever has the name."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 class AetherCheckpointError(ValueError):
     """A file or state dict is not a loadable AetherNet checkpoint. The message says what was
     found and what was expected; nothing in the file is ever executed."""
@@ -1053,18 +1079,13 @@ def save_checkpoint(
     source = int8_state_dict(model) if int8_weights else model.state_dict()
     # clone: saved tensors must own compact storage (no views, no shared buffers)
     state_dict = OrderedDict((k, v.detach().clone().contiguous()) for k, v in source.items())
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_write(path) as tmp:
         if path.lower().endswith(".safetensors"):
             from safetensors.torch import save_file
 
             save_file(dict(state_dict), tmp, metadata={_SAFETENSORS_METADATA_KEY: meta})
         else:
             torch.save({param_key: state_dict, "metadata": meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1209,14 +1230,8 @@ def save_onnx(proto: Any, path: str | os.PathLike) -> None:
     """Write an ONNX model atomically (temp file, then rename)."""
     import onnx
 
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_write(path) as tmp:
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def export_onnx(

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aether_arch import atomic_write
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -65,13 +67,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(Path(path).suffix or ".png", bgr)
     if not ok:
         raise ValueError(f"cannot encode image for {path!r}")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_write(path) as tmp:
         encoded.tofile(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

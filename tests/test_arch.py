@@ -62,16 +62,14 @@ def test_bad_hyperparameters_are_explained(kwargs, message):
         AetherNet(**kwargs)
 
 
-def test_fresh_model_starts_close_to_nearest_upsampling():
-    """The learned input shortcut starts as nearest-neighbour upsampling."""
-    model = aether_tiny(scale=2).eval()
-    for conv in (model.upsample,):
-        nn.init.zeros_(conv.weight)
-        nn.init.zeros_(conv.bias)
+@pytest.mark.parametrize("scale", SCALES)
+def test_fresh_model_is_nearest_upsampling(scale):
+    """Training starts from nearest-neighbour upsampling (shortcut) with a silent body."""
+    model = aether_tiny(scale=scale).eval()
     x = torch.rand(1, 3, 5, 6)
     with torch.no_grad():
         out = model(x)
-    expected = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    expected = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 

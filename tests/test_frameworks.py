@@ -134,3 +134,14 @@ def test_register_presets_is_idempotent_and_keeps_names():
 
 def test_standalone_import_touches_no_framework():
     assert not any(name.split(".")[0] in ("neosr", "traiNNer") for name in sys.modules)
+
+
+def test_qat_is_a_config_switch_and_float_pretrain_loads_strictly(framework_root):
+    _make_framework(framework_root, "traiNNer", "lambda name: name.lower()", {})
+    archs = importlib.import_module("traiNNer.archs")
+    float_net = archs.build_network({"type": "aether_tiny", "scale": 2, "num_blocks": 2})
+    qat_net = archs.build_network({"type": "aether_tiny", "scale": 2, "num_blocks": 2, "qat": True})
+    assert qat_net.qat and not float_net.qat
+    # what both frameworks' load_network does with a pretrained path: strict by default
+    qat_net.load_state_dict(float_net.state_dict())
+    qat_net.train()(torch.rand(2, 3, 16, 16)).mean().backward()

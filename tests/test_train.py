@@ -1,0 +1,259 @@
+"""aether_train.py: short end-to-end runs on tiny settings, the checkpoint formats, exact resume,
+QAT (from a float checkpoint and switched mid-run), bad input, and DDP with 2 CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import aether_train
+from aether_arch import AetherNet, detect_config, is_calibrated, load_model
+from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor, write_image
+
+REPO = Path(__file__).resolve().parents[1]
+# A 1-block aether_tiny on 16x16 HR crops: each step takes milliseconds.
+TINY = ["--preset", "aether_tiny", "--num-blocks", "1", "--scale", "2", "--lr-patch", "8", "--batch-size", "2"]
+
+
+def _smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Gradients plus low-frequency texture: something an SR model can learn a little of."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [0.5 + 0.4 * np.sin(x / rng.uniform(2, 6) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(2, 6))
+                for _ in range(3)]
+    return np.clip(np.stack(channels, axis=2), 0, 1)
+
+
+def _write_folder(folder: Path, sizes, seed: int) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, (height, width) in enumerate(sizes):
+        write_image(folder / f"image_{i}.png", _smooth_image(rng, height, width))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "train": _write_folder(root / "train", [(40, 48), (56, 40), (64, 64)], seed=1),
+        "val": _write_folder(root / "val", [(26, 30), (24, 24)], seed=2),
+        "root": root,
+    }
+
+
+def _train(data, out_dir, *extra):
+    argv = [*TINY, "--train-dir", str(data["train"]), "--val-dir", str(data["val"]), "--out-dir", str(out_dir), *extra]
+    assert aether_train.main(argv) == 0
+    return out_dir
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def float_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("float_run")
+    return _train(data, out, "--steps", "6", "--val-every", "3", "--save-every", "3", "--log-every", "2")
+
+
+def test_run_writes_loadable_checkpoints(float_run):
+    assert {p.name for p in float_run.iterdir()} == {
+        "net_g_3.pth", "net_g_6.pth", "net_g_latest.pth", "training_state.pth", "train.log"
+    }
+    checkpoint = _weights(float_run / "net_g_latest.pth")
+    assert set(checkpoint) == {"params", "params_ema", "metadata"}
+    metadata = json.loads(checkpoint["metadata"])
+    assert metadata["step"] == 6 and metadata["architecture"] == "AetherNet"
+    assert metadata["training_command"].startswith("aether_train.py --preset aether_tiny")
+    assert "val_psnr" in metadata and "val_bicubic_psnr" in metadata
+    for state_dict in (checkpoint["params"], checkpoint["params_ema"]):
+        assert all(t.is_contiguous() and t.device.type == "cpu" for t in state_dict.values())
+        assert not any(k.startswith("module.") for k in state_dict)
+
+    # load_model prefers the EMA weights, which differ from the raw ones after training
+    loaded = load_model(float_run / "net_g_latest.pth").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in checkpoint["params_ema"].items())
+    assert not all(torch.equal(checkpoint["params"][k], v) for k, v in checkpoint["params_ema"].items())
+    assert _weights(float_run / "net_g_3.pth").keys() == checkpoint.keys()
+
+
+def test_training_state_loads_weights_only(float_run):
+    state = torch.load(float_run / "training_state.pth", map_location="cpu", weights_only=True)
+    assert state["step"] == 6 and state["qat"] is False
+    for key in ("model", "ema", "optimizer", "scheduler", "grad_scaler", "rng", "config"):
+        assert key in state
+    rng = state["rng"]
+    assert isinstance(rng["torch_cpu"], torch.Tensor) and len(rng["patch_sampler"]) == 1
+    assert isinstance(rng["python"][1], list) and all(isinstance(v, int) for v in rng["python"][1][:5])
+
+
+def test_log_has_config_loss_validation_and_wall_time(float_run):
+    log = (float_run / "train.log").read_text()
+    assert "config: {" in log and "loss " in log and "wall time" in log
+    validations = [line for line in log.splitlines() if "validation PSNR" in line]
+    assert len(validations) == 2  # at steps 3 and 6
+    assert "bicubic" in validations[-1] and "gain" in validations[-1]
+
+
+def test_resume_is_bit_exact_across_the_qat_switch(data, tmp_path):
+    # float steps 1-5 (BatchNorm frozen from step 3), QAT steps 6-8; the split run stops at 3
+    common = ["--steps", "8", "--qat-after", "5", "--freeze-norm-frac", "0.4", "--val-every", "2", "--log-every", "2"]
+    whole = _train(data, tmp_path / "whole", *common, "--save-every", "4")
+    split = _train(data, tmp_path / "split", *common, "--stop-at", "3")
+    assert _weights(split / "training_state.pth")["step"] == 3
+    assert aether_train.main([*TINY, "--train-dir", str(data["train"]), "--val-dir", str(data["val"]),
+                              *common, "--resume", str(split)]) == 0
+
+    expected, actual = _weights(whole / "net_g_latest.pth"), _weights(split / "net_g_latest.pth")
+    for key in ("params", "params_ema"):
+        assert expected[key].keys() == actual[key].keys()
+        for name, tensor in expected[key].items():
+            assert torch.equal(tensor, actual[key][name]), f"{key}.{name} differs after resume"
+
+    # the switch: float before step 5, QAT after, and the QAT EMA model is calibrated
+    assert detect_config(_weights(whole / "net_g_4.pth")["params_ema"])["qat"] is False
+    assert detect_config(expected["params_ema"])["qat"] is True
+    assert json.loads(expected["metadata"])["qat"] is True
+    assert is_calibrated(load_model(whole / "net_g_latest.pth"))
+    assert "after step 5: switched to QAT" in (whole / "train.log").read_text()
+
+
+def test_qat_fine_tuning_from_a_float_checkpoint(data, float_run, tmp_path):
+    out = _train(data, tmp_path / "qat", "--qat", "--pretrained", str(float_run / "net_g_latest.pth"),
+                 "--lr", "2e-4", "--steps", "3")
+    checkpoint = _weights(out / "net_g_latest.pth")
+    assert detect_config(checkpoint["params"])["qat"] is True
+    assert detect_config(checkpoint["params_ema"])["qat"] is True
+    model = load_model(out / "net_g_latest.pth")
+    assert model.qat and is_calibrated(model)
+    # The EMA adopted the activation ranges set on the first batch (averaging them with the
+    # unset scale 1.0 would leave them far too coarse) ...
+    ema, raw = checkpoint["params_ema"], checkpoint["params"]
+    scales = [k for k in ema if k.endswith("_q.scale")]
+    assert scales and all(0.9 < float(ema[k] / raw[k]) < 1.1 for k in scales)
+    # ... and validation ran the EMA model as saved, quantizers active
+    assert json.loads(checkpoint["metadata"])["val_psnr"] == pytest.approx(_mean_psnr(model, data["val"]), abs=1e-3)
+
+
+def _mean_psnr(model, folder, scale=2):
+    values = []
+    for path in list_images(folder):
+        hr = mod_crop(read_image(path)[0], scale)
+        with torch.no_grad():
+            sr = model(bicubic_downscale(to_tensor(hr), scale))
+        values.append(psnr(to_image(sr), hr, border=scale))
+    return sum(values) / len(values)
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("aether_train.py: error: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_folder", "no such folder"),
+        ("empty_folder", "contains no images"),
+        ("images_too_small", "at least 16x16 pixels"),
+        ("unreadable_checkpoint", "--pretrained"),
+        ("checkpoint_for_another_scale", "does not fit"),
+        ("bad_preset", "invalid choice: 'aether_huge'"),
+        ("bad_scale", "scale must be a positive integer"),
+        ("missing_resume_state", "--resume"),
+        ("resume_with_another_scale", "the saved run used --scale 2, this one 3"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, tmp_path, capsys):
+    train = str(data["train"])
+    extra = []
+    if case == "missing_folder":
+        train = str(tmp_path / "nope")
+    elif case == "empty_folder":
+        train = str(tmp_path)
+    elif case == "images_too_small":
+        train = str(_write_folder(tmp_path / "small", [(12, 20), (15, 15)], seed=3))
+    elif case == "unreadable_checkpoint":
+        (tmp_path / "garbage.pth").write_bytes(os.urandom(256))
+        extra = ["--pretrained", str(tmp_path / "garbage.pth")]
+    elif case == "checkpoint_for_another_scale":
+        extra = ["--scale", "3", "--pretrained", str(float_run / "net_g_latest.pth")]
+    elif case == "bad_preset":
+        extra = ["--preset", "aether_huge"]
+    elif case == "bad_scale":
+        extra = ["--scale", "0"]
+    elif case == "missing_resume_state":
+        extra = ["--resume", str(tmp_path / "no_run")]
+    elif case == "resume_with_another_scale":
+        extra = ["--scale", "3", "--resume", str(float_run), "--steps", "10"]
+    argv = [*TINY, "--train-dir", train, "--out-dir", str(tmp_path / "out"), "--steps", "2", *extra]
+    assert aether_train.main(argv) == 2
+    assert expected in _error_line(capsys)
+    assert not (tmp_path / "out").exists()  # rejected before anything is written
+
+
+def test_bad_input_exit_code_from_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "aether_train.py", "--train-dir", str(tmp_path / "nope"), "--steps", "1",
+         "--out-dir", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"aether_train.py: error: --train-dir {str(tmp_path / 'nope')!r}: no such folder"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+# Runs each rank's training through aether_train.main and then saves that rank's own weights, so
+# the test can check that DDP kept the ranks identical (only rank 0 writes checkpoints).
+_PER_RANK_WRAPPER = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+import aether_train
+close = aether_train.Trainer.close
+def save_rank_weights(self):
+    torch.save(aether_train.plain_state_dict(self.model), {out!r} + f"/rank{{self.processes.rank}}.pth")
+    close(self)
+aether_train.Trainer.close = save_rank_weights
+sys.exit(aether_train.main())
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with the gloo backend")
+def test_ddp_two_cpu_processes_with_torchrun(data, tmp_path):
+    """DDP (slow-ish: starts 2 processes through torchrun, about 10 s): gloo on CPU, per-rank
+    patches, identical weights on both ranks through the --qat-after switch, and rank 0 alone
+    writing checkpoints without the 'module.' prefix."""
+    out = tmp_path / "ddp"
+    wrapper = tmp_path / "per_rank_train.py"
+    wrapper.write_text(_PER_RANK_WRAPPER.format(repo=str(REPO), out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(wrapper), *TINY, "--train-dir", str(data["train"]), "--val-dir", str(data["val"]),
+         "--steps", "4", "--qat-after", "2", "--out-dir", str(out), "--device", "cpu"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(tensor, rank1[name]) for name, tensor in rank0.items())
+
+    checkpoint = _weights(out / "net_g_latest.pth")
+    assert all(torch.equal(tensor, checkpoint["params"][name]) for name, tensor in rank0.items())
+    assert json.loads(checkpoint["metadata"])["world_size"] == 2
+    assert load_model(out / "net_g_latest.pth").qat
+    state = torch.load(out / "training_state.pth", weights_only=True)
+    first, second = state["rng"]["patch_sampler"]
+    assert not torch.equal(first, second)  # each rank draws its own patches
+    log = (out / "train.log").read_text()
+    assert log.count("command: ") == 1 and "x 2 process(es)" in log and "validation PSNR" in log
