@@ -597,9 +597,11 @@ class QuantConv2d(nn.Conv2d):
         self.register_buffer(
             "bias_zero_point", torch.zeros(self.out_channels, dtype=torch.int32), persistent=False
         )
-        # The ActQuant that feeds this conv (set by prepare_qat). A plain attribute, not a
-        # submodule: it belongs to the network's tree, not to this conv.
+        # The ActQuants that feed this conv and quantize its output (set by prepare_qat;
+        # no output one for float-output convs). Plain attributes, not submodules: they
+        # belong to the network's tree, not to this conv.
         self._input_quant: ActQuant | None = None
+        self._output_quant: ActQuant | None = None
         self.refresh_weight_scale()
 
     @classmethod
@@ -647,14 +649,49 @@ class QuantConv2d(nn.Conv2d):
         return torch.round(self.weight.detach() / scale).clamp(-WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.quantized_weight(), self.quantized_bias()
-        if self.training or torch.compiler.is_exporting() or x.device.type != "cpu":
-            return self._conv_forward(x, weight, bias)
-        # Inference on CPU: accumulate in float64, where the products of quantized inputs
-        # and weights are exact, so results round like the integer kernels of ONNX Runtime
-        # (float32 accumulation flips a few roundings, and flips compound layer by layer).
-        bias = None if bias is None else bias.double()
-        return self._conv_forward(x.double(), weight.double(), bias).to(x.dtype)
+        if self._runs_integer(x):
+            return self._integer_forward(x)
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+
+    def _runs_integer(self, x: torch.Tensor) -> bool:
+        """Integer-exact inference needs CPU, eval mode, no export tracing, and quantizers that
+        are set (not observing calibration data)."""
+        quantizers = [q for q in (self._input_quant, self._output_quant) if q is not None]
+        return (
+            not self.training
+            and x.device.type == "cpu"
+            and self._input_quant is not None
+            and not torch.compiler.is_exporting()
+            and all(q.is_initialized() and not q.observing for q in quantizers)
+        )
+
+    @torch.no_grad()
+    def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """CPU inference with ONNX Runtime's QLinearConv arithmetic, so that the INT8 .pth
+        gives the INT8 ONNX model's output: exact int32 accumulation (float64 holds it
+        exactly), then requantization as round(float32(acc) * float32(s_in * s_w / s_out)).
+        Float32 convolution would flip a few roundings, and flips compound layer by layer."""
+        input_scale = self._input_quant.positive_scale().float()
+        bias_scale = input_scale * self.weight_scale  # float32, as the exported graph has it
+        x_int = torch.round(x.double() / input_scale.double())  # the input's (q - zero_point)
+        bias_int = None if self.bias is None else torch.round(self.bias.float() / bias_scale)
+        acc = F.conv2d(
+            x_int,
+            self.int8_weight().double(),
+            None if bias_int is None else bias_int.double(),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
+        if self._output_quant is None:  # a float-output conv
+            return (acc * bias_scale.double().reshape(1, -1, 1, 1)).to(x.dtype)
+        out = self._output_quant
+        out_scale = out.positive_scale().float()
+        multiplier = (bias_scale / out_scale).reshape(1, -1, 1, 1)
+        q = torch.round(acc.float() * multiplier) + out.zero_point.float()
+        q = q.clamp(out.qmin, out.qmax) - out.zero_point.float()
+        return (q * out_scale).to(x.dtype)  # on the output grid: its ActQuant keeps it as is
 
     def train(self, mode: bool = True) -> "QuantConv2d":
         super().train(mode)
@@ -700,16 +737,26 @@ def _accept_float_state_dict(
         state_dict.setdefault(prefix + key, ours[key])
 
 
-def _link_conv_inputs(model: AetherNet) -> None:
-    """Tell every QuantConv2d which ActQuant quantizes its input (for its bias grid)."""
-    links = [(model.head, model.input_q), (model.skip, model.input_q), (model.upsample, model.feat_q)]
+def _link_conv_quantizers(model: AetherNet) -> None:
+    """Tell every QuantConv2d which ActQuants quantize its input (for its bias grid) and its
+    output (for integer-exact CPU inference)."""
+    links = [
+        (model.head, model.input_q, model.head_q),
+        (model.skip, model.input_q, None),
+        (model.upsample, model.feat_q, None),
+    ]
     previous = model.head_q
     for block in model.blocks:
-        links += [(block.local, previous), (block.large, block.local_q), (block.mix, block.concat_q)]
+        links += [
+            (block.local, previous, block.local_q),  # ReLU between: zero-point 0 makes it exact
+            (block.large, block.local_q, block.large_q),
+            (block.mix, block.concat_q, block.mix_q),
+        ]
         previous = block.out_q
-    links.append((model.body_tail, previous))
-    for conv, quantizer in links:
-        object.__setattr__(conv, "_input_quant", quantizer)
+    links.append((model.body_tail, previous, model.tail_q))
+    for conv, input_quant, output_quant in links:
+        object.__setattr__(conv, "_input_quant", input_quant)
+        object.__setattr__(conv, "_output_quant", output_quant)
 
 
 def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherNet:
@@ -736,7 +783,7 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
                 swap(child)
 
     swap(model)
-    _link_conv_inputs(model)
+    _link_conv_quantizers(model)
     model.qat = True
     model.int8_profile = profile
     model._register_load_state_dict_pre_hook(_accept_float_state_dict, with_module=True)
@@ -932,7 +979,7 @@ def _read_checkpoint_file(path: str) -> tuple[Any, dict[str, Any]]:
             ) from None
         raise AetherCheckpointError(
             f"{path!r} is not a readable PyTorch checkpoint (corrupt or truncated?): "
-            f"{_first_line(exc)}"
+            f"{error_summary(exc)}"
         ) from None
     metadata = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), str):
@@ -940,7 +987,7 @@ def _read_checkpoint_file(path: str) -> tuple[Any, dict[str, Any]]:
     return obj, metadata
 
 
-def _first_line(exc: BaseException) -> str:
+def error_summary(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0][:200] if lines else type(exc).__name__
 
@@ -982,7 +1029,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
     except Exception as exc:
         raise AetherCheckpointError(
             f"{path!r} is not a readable safetensors file (corrupt or truncated?): "
-            f"{_first_line(exc)}"
+            f"{error_summary(exc)}"
         ) from None
     return tensors, _parse_metadata(raw) if raw else {}
 

@@ -66,6 +66,7 @@ from aether_data import (
     bicubic_downscale,
     bicubic_upscale,
     list_images,
+    markdown_table,
     mod_crop,
     psnr,
     read_image,
@@ -252,16 +253,6 @@ def quantize_int8(fp32_path: str, int8_path: str, workdir: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Markdown
 # ---------------------------------------------------------------------------------------
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table with padded columns, so the raw text reads as a table too."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
-
-    return "\n".join([line(header), line(["-" * width for width in widths]), *map(line, rows)])
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Image I/O, the LR degradation and PSNR, shared by the training, release and benchmark scripts
-so that all of them measure quality the same way.
+"""What the training, release and benchmark scripts share: image I/O, the LR degradation and
+PSNR (so that all of them measure quality the same way), and their Markdown tables.
 
 Images are float32 RGB arrays in [0, 1], shape (H, W, 3); tensors are float32 NCHW.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -115,3 +116,13 @@ def psnr(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:
         a8, b8 = a8[border:-border, border:-border], b8[border:-border, border:-border]
     mse = np.mean((a8 - b8) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table with padded columns, so the raw text reads as a table too."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    return "\n".join([line(header), line(["-" * width for width in widths]), *map(line, rows)])

@@ -1,0 +1,1100 @@
+"""Turn an AetherNet checkpoint into release files, each validated in the runtime it is for.
+
+    python3 aether_release.py --model-path runs/tiny_x2/net_g_5000.pth \
+        --output-dir release/ --validation-dir samples/val
+
+Writes into --output-dir:
+
+    model_fp32.pth   fused (deploy-form) float32 state dict
+    model_fp16.pth   the same with every floating tensor float16 (load_model returns float32)
+    model_int8.pth   calibrated QAT state dict, conv weights int8 (load_model dequantizes them)
+    model_fp32.onnx  fused float32 graph
+    model_fp16.onnx  float16 weights AND float16 input/output (see FP16_IO_DTYPE)
+    model_int8.onnx  QDQ graph with int8 weights, for --int8-profile (cpu: ONNX Runtime's
+                     uint8-activation fast path; tensorrt: symmetric int8 activations)
+    release_report.json, release_report.md, comparison.png (bicubic | FP32 | INT8 | original)
+
+Every file carries the same metadata (ONNX metadata_props, the .pth "metadata" JSON):
+architecture, preset, scale, config, precision, channels, value range, colour order, layout,
+io_dtype, int8_profile, quantization ("qat" | "ptq" | "none"), version and the source's sha256.
+
+INT8 comes from the checkpoint's own learned ranges when it was trained with QAT for the
+requested profile; otherwise from post-training calibration (PTQ) on real images, with a loud
+warning, because PTQ loses more quality than QAT fine-tuning.
+
+Validation: every artifact is loaded in its runtime (the .pth files with load_model in PyTorch,
+the .onnx files in ONNX Runtime on the CPU provider, and the CUDA provider when installed) and
+upscales the bicubic-downscaled version of every validation image (on CPU the FP16 .pth runs
+in float32 maths: CPU float16 convolutions are emulated and ~50x slower). Each output must have exactly
+scale x the input size, finite values in [0, 1], and a PSNR against the FP32 PyTorch output on the
+same input (fidelity) of at least FIDELITY_FLOOR_DB[precision]. Quality (PSNR against the
+original image) and bicubic's PSNR are reported next to it; latency is the median of
+a few runs on the first image.
+
+Atomicity: everything is written into a staging folder inside --output-dir. After validation,
+each artifact that passed replaces its final name with os.replace (so a re-run swaps files
+atomically); one that failed is moved to ``<name>.failed`` for inspection and any older file
+under its final name is removed, so the folder never mixes a stale artifact with new ones.
+Artifacts that --skip-fp16 / --skip-int8 leave out are removed from the folder for the same
+reason. The reports are written in every case and say what failed.
+
+Exit codes: 0 every artifact passed; 1 an artifact failed validation (named on stderr);
+2 bad input (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxconverter_common import float16 as onnx_float16
+from tqdm import tqdm
+
+import aether_arch
+from aether_arch import (
+    INT8_PROFILES,
+    ONNX_INPUT_NAME,
+    ONNX_OPSETS,
+    ONNX_OUTPUT_NAME,
+    PRESETS,
+    AetherCheckpointError,
+    AetherNet,
+    atomic_write,
+    build_from_state_dict,
+    calibrate_int8,
+    checkpoint_metadata,
+    detect_config,
+    is_calibrated,
+    load_model,
+    onnx_model_proto,
+    prepare_qat,
+    preset_name,
+    read_checkpoint,
+    save_checkpoint,
+    save_onnx,
+    set_onnx_metadata,
+)
+from aether_data import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    bicubic_downscale,
+    bicubic_upscale,
+    list_images,
+    markdown_table,
+    mod_crop,
+    psnr,
+    read_image,
+    to_image,
+    to_tensor,
+    write_image,
+)
+
+PROG = "aether_release.py"
+PRECISIONS = ("fp32", "fp16", "int8")
+FORMATS = ("pth", "onnx")
+# Minimum PSNR of an artifact's output against the FP32 PyTorch output on the same input.
+# FP32 ONNX differs from PyTorch only by float reordering; FP16 keeps ~11 bits of mantissa;
+# INT8 is bounded by 8-bit activations (PTQ of a good model lands around 35-45 dB).
+FIDELITY_FLOOR_DB = {"fp32": 60.0, "fp16": 45.0, "int8": 30.0}
+# Float16 input and output for model_fp16.onnx: chaiNNer (and most ONNX front ends) pick the
+# precision they feed from the input's type, so float16 I/O makes them run it in half
+# precision end to end, with no Cast nodes at the graph edges. model_fp32.onnx is the one
+# with float32 I/O.
+FP16_IO_DTYPE = "float16"
+# Images whose low-resolution version (after mod-crop and bicubic downscaling) has a side
+# shorter than this are skipped: PSNR ignores a border of `scale` pixels on each side.
+MIN_LR_SIDE = 4
+# Latency: the median of runs on the first image: the validation run plus extra runs while
+# they fit in LATENCY_BUDGET_S (at least one, at most LATENCY_MAX_RUNS in all). Fast runs are
+# noisy and get many samples; a slow one (the INT8 .pth simulates integer maths in float64 on
+# CPU) would cost seconds per sample and gets two.
+LATENCY_MAX_RUNS = 10
+LATENCY_BUDGET_S = 1.0
+# PTQ calibration feeds low-resolution images like the validation does; larger ones are
+# centre-cropped to this side because calibration runs the INT8 simulation (float64 convs on
+# CPU). Min/max ranges do not need whole photos: on samples/val, 128 px crops gave the same
+# INT8 fidelity as whole images (44.5 dB) in 30% less time.
+CALIBRATION_MAX_SIDE = 128
+COMPARISON_CROP = 128  # side of the high-resolution crop shown in comparison.png
+COMPARISON_MIN_PANEL = 192  # small crops are enlarged (nearest neighbour) to this width
+STAGING_PREFIX = ".aether-release-"
+FAILED_SUFFIX = ".failed"
+REPORT_JSON = "release_report.json"
+REPORT_MD = "release_report.md"
+COMPARISON_PNG = "comparison.png"
+
+
+class InputError(Exception):
+    """Bad user input: one line on stderr, exit code 2, nothing written."""
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print the whole usage block
+        raise InputError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(
+        prog=PROG,
+        description="Make FP32 / FP16 / INT8 PyTorch and ONNX release files from an AetherNet "
+        "checkpoint and validate each one in its runtime on real images.",
+        epilog="Writes model_{fp32,fp16,int8}.{pth,onnx}, release_report.json, release_report.md "
+        "and comparison.png; model_fp16.onnx takes and returns float16 tensors. Exit codes: 0 all "
+        "artifacts passed, 1 an artifact failed validation (kept as NAME.failed), 2 bad input.",
+    )
+    parser.add_argument("--model-path", required=True, metavar="CKPT",
+                        help="AetherNet checkpoint (.pth/.pt/.safetensors; training form, fused "
+                             "or QAT; params_ema preferred)")
+    parser.add_argument("--output-dir", required=True, metavar="DIR",
+                        help="where the artifacts and reports go (created if missing; existing "
+                             "release files in it are replaced atomically)")
+    parser.add_argument("--validation-dir", required=True, metavar="DIR",
+                        help="images every artifact must upscale correctly; each is mod-cropped, "
+                             "bicubic-downscaled, upscaled and compared with the original")
+    parser.add_argument("--calibration-dir", metavar="DIR",
+                        help="images for INT8 post-training calibration of non-QAT checkpoints "
+                             "(default: the validation images; held-out images give a fairer "
+                             "INT8 score)")
+    parser.add_argument("--opset", type=int, default=17, choices=ONNX_OPSETS,
+                        help="ONNX opset (default: %(default)s, the DirectML maximum)")
+    parser.add_argument("--int8-profile", default="cpu", choices=tuple(INT8_PROFILES),
+                        help="INT8 target: cpu = ONNX Runtime CPU (uint8 activations), tensorrt = "
+                             "symmetric int8 activations (default: %(default)s)")
+    parser.add_argument("--skip-fp16", action="store_true",
+                        help="do not make the FP16 files (FP16 files of an earlier release in "
+                             "--output-dir are removed, so the folder stays one release)")
+    parser.add_argument("--skip-int8", action="store_true",
+                        help="do not make the INT8 files (likewise removes earlier ones)")
+    parser.add_argument("--max-images", type=_positive_int, metavar="N",
+                        help="use at most N usable images from each image folder (default: all)")
+    parser.add_argument("--threads", type=_positive_int, default=2, metavar="N",
+                        help="CPU threads for PyTorch and ONNX Runtime (default: %(default)s)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                        help="PyTorch device for calibration and for validating the .pth files "
+                             "(default: %(default)s = cuda when available)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+# Small utilities
+# ---------------------------------------------------------------------------------------
+
+
+def warn(message: str, warnings_seen: list[str]) -> None:
+    warnings_seen.append(message)
+    tqdm.write(f"WARNING: {message}", file=sys.stderr)
+
+
+def note(message: str) -> None:
+    tqdm.write(f"note: {message}", file=sys.stderr)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Timings(dict):
+    """Seconds spent per step, in the order the steps ran."""
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def json_number(value: float | None) -> float | str | None:
+    """PSNR of identical images is infinite, which JSON cannot hold."""
+    if value is None or math.isfinite(value):
+        return None if value is None else round(value, 3)
+    return "inf"
+
+
+def format_db(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.2f}"
+
+
+def format_size(size: int) -> str:
+    return f"{size / 1024:.1f} KiB" if size < 1 << 20 else f"{size / (1 << 20):.2f} MiB"
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ValidationImage:
+    name: str
+    hr: np.ndarray  # (H, W, 3) float32 RGB, mod-cropped to a multiple of the scale
+    lr: torch.Tensor  # (1, 3, H / scale, W / scale) float32 on the CPU: what every artifact upscales
+    bicubic_psnr: float
+    notes: list[str]
+
+
+def resolve_device(option: str) -> torch.device:
+    if option == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: PyTorch sees no CUDA device (use --device cpu or auto)")
+    if option == "auto":
+        option = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(option)
+
+
+def image_paths(folder: str, option: str) -> list[Path]:
+    if not Path(folder).is_dir():
+        raise InputError(f"{option} {folder!r}: no such folder")
+    try:
+        paths = list_images(folder)
+    except OSError as exc:
+        raise InputError(f"{option} {folder!r}: cannot list it ({exc.strerror or exc})") from None
+    if not paths:
+        raise InputError(f"{option} {folder!r} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def load_images(
+    paths: list[Path], option: str, scale: int, limit: int | None, warnings_seen: list[str]
+) -> list[ValidationImage]:
+    """Up to ``limit`` usable images; unreadable or too small ones are skipped with a warning
+    (or, when nothing usable is left, reported in the one-line error)."""
+    images: list[ValidationImage] = []
+    skipped: list[str] = []
+    for path in paths:
+        if limit is not None and len(images) >= limit:
+            break
+        try:
+            image, notes = read_image(path)
+        except (ImageReadError, OSError) as exc:
+            skipped.append(f"{path.name}: {exc}")
+            continue
+        hr = mod_crop(image, scale)
+        if min(hr.shape[:2]) < MIN_LR_SIDE * scale:
+            skipped.append(
+                f"{path.name}: {image.shape[1]}x{image.shape[0]} is too small for x{scale} "
+                f"(needs {MIN_LR_SIDE * scale} px a side)"
+            )
+            continue
+        hr_tensor = to_tensor(hr)
+        lr = bicubic_downscale(hr_tensor, scale)
+        bicubic = psnr(to_image(bicubic_upscale(lr, scale)), hr, border=scale)
+        images.append(ValidationImage(path.name, hr, lr, bicubic, notes))
+    folder = paths[0].parent
+    if not images:
+        raise InputError(
+            f"{option} {str(folder)!r}: no usable images ({len(skipped)} skipped: {'; '.join(skipped)})"
+        )
+    for reason in skipped:
+        warn(f"{option}: skipped {reason}", warnings_seen)
+    for image in images:
+        if image.notes:
+            note(f"{image.name}: {', '.join(image.notes)}")
+    return images
+
+
+def prepare_output_dir(path: str) -> Path:
+    """Check --output-dir before anything is read or written; it is created only after every
+    input has been validated (make_staging_dir)."""
+    output_dir = Path(path)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output-dir {path!r} exists and is not a folder")
+    existing = output_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--output-dir {path!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--output-dir {path!r} is not writable (no write permission on {str(existing)!r})")
+    return output_dir
+
+
+def make_staging_dir(output_dir: Path) -> tempfile.TemporaryDirectory:
+    try:  # prepare_output_dir checked this already; permissions can still say no (ACLs, races)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir)
+    except OSError as exc:
+        raise InputError(
+            f"--output-dir {str(output_dir)!r} is not writable ({exc.strerror or exc})"
+        ) from None
+
+
+def load_source(path: str) -> tuple[AetherNet, dict[str, Any], dict[str, Any]]:
+    """(model in eval mode, its detected config, the checkpoint's metadata)."""
+    try:
+        state_dict, metadata = read_checkpoint(path)
+        config = detect_config(state_dict)
+        model = build_from_state_dict(state_dict)
+    except AetherCheckpointError as exc:
+        raise InputError(f"--model-path: {exc}") from None
+    if config["in_channels"] != 3 or config["out_channels"] != 3:
+        raise InputError(
+            f"--model-path {path!r}: a {config['in_channels']}->{config['out_channels']} channel "
+            "model; releases are validated on RGB images and need 3 channels in and out"
+        )
+    return model, config, metadata
+
+
+# ---------------------------------------------------------------------------------------
+# Models behind the artifacts
+# ---------------------------------------------------------------------------------------
+
+
+def fused_float_model(source: AetherNet) -> AetherNet:
+    """The deploy-form float32 model: the fused checkpoint, or for a QAT checkpoint its conv
+    weights and biases without the quantizers."""
+    if not source.qat:
+        return source.fuse().eval()
+    model = AetherNet(**source.config, fused=True)
+    qat_state = source.state_dict()  # int8 weights are already dequantized by the load
+    model.load_state_dict({key: qat_state[key] for key in model.state_dict()}, strict=True)
+    return model.eval()
+
+
+def qat_command_hint(config: dict[str, Any], model_path: str) -> str:
+    """The aether_train.py command that fine-tunes this checkpoint with QAT."""
+    for name, values in PRESETS.items():
+        if all(config[k] == v for k, v in values.items() if k != "num_blocks"):
+            same_depth = config["num_blocks"] == values["num_blocks"]
+            blocks = "" if same_depth else f" --num-blocks {config['num_blocks']}"
+            return (
+                f"python3 aether_train.py --qat --pretrained {model_path} --preset {name} "
+                f"--scale {config['scale']}{blocks} --lr 2e-4 --train-dir HR_IMAGES --steps N"
+            )
+    return f"python3 aether_train.py --qat --pretrained {model_path} --lr 2e-4 ... (custom config)"
+
+
+def int8_model(
+    source: AetherNet,
+    fp32_model: AetherNet,
+    args: argparse.Namespace,
+    calibration: list[torch.Tensor],
+    calibration_origin: str,
+    device: torch.device,
+    warnings_seen: list[str],
+) -> tuple[AetherNet, str]:
+    """(calibrated QAT model for --int8-profile, "qat" | "ptq")."""
+    profile = args.int8_profile
+    if source.qat and is_calibrated(source) and source.int8_profile == profile:
+        return source, "qat"
+    if source.qat and is_calibrated(source):
+        warn(
+            f"{args.model_path} was fine-tuned with QAT for the {source.int8_profile!r} INT8 "
+            f"profile, but --int8-profile is {profile!r}: its activation grids do not carry over, "
+            f"so INT8 is re-calibrated from its float weights (PTQ) on {calibration_origin}; "
+            f"quality may be lower than a QAT fine-tune for {profile!r} would give",
+            warnings_seen,
+        )
+    else:
+        reason = (
+            "is a QAT checkpoint whose activation ranges were never set"
+            if source.qat
+            else "is a float checkpoint (not trained with QAT)"
+        )
+        lines = [
+            f"{args.model_path} {reason}.",
+            f"INT8 is made by POST-TRAINING CALIBRATION (PTQ) on {calibration_origin}.",
+            "PTQ INT8 quality is LOWER than quantization-aware training gives. For the best",
+            "INT8 model, fine-tune this checkpoint with QAT and release that checkpoint:",
+            f"    {qat_command_hint(source.config, args.model_path)}",
+        ]
+        warnings_seen.append(" ".join(line.strip() for line in lines))
+        bar = "!" * 78
+        tqdm.write("\n".join([bar, f"WARNING: {lines[0]}", *lines[1:], bar]), file=sys.stderr)
+    model = prepare_qat(copy.deepcopy(fp32_model), int8_profile=profile).to(device)
+    calibrate_int8(model, tqdm(calibration, desc="calibrating INT8", unit="img", leave=False, disable=None))
+    return model.cpu().eval(), "ptq"
+
+
+def calibration_batches(images: list[ValidationImage]) -> list[torch.Tensor]:
+    batches = []
+    for image in images:
+        h, w = image.lr.shape[-2:]
+        top, left = max(0, (h - CALIBRATION_MAX_SIDE) // 2), max(0, (w - CALIBRATION_MAX_SIDE) // 2)
+        batches.append(image.lr[..., top : top + CALIBRATION_MAX_SIDE, left : left + CALIBRATION_MAX_SIDE])
+    return batches
+
+
+def release_metadata(
+    model: AetherNet, source_path: str, source_sha256: str, *, precision: str,
+    io_dtype: str, quantization: str, int8_profile: str,
+) -> dict[str, Any]:
+    """Metadata stored in every artifact (ONNX metadata_props / .pth "metadata")."""
+    return checkpoint_metadata(
+        model,
+        scale=model.scale,
+        precision=precision,
+        input_channels=model.in_channels,
+        output_channels=model.out_channels,
+        value_range="0-1",
+        color_order="RGB",
+        layout="NCHW",
+        int8_profile=int8_profile,
+        io_dtype=io_dtype,
+        quantization=quantization,
+        source_checkpoint=os.path.basename(source_path),
+        source_sha256=source_sha256,
+    )
+
+
+def fp16_onnx(fp32_proto: onnx.ModelProto) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    proto.CopyFrom(fp32_proto)  # the converter edits in place; the FP32 proto is saved too
+    with warnings.catch_warnings():
+        # It warns once per weight below float16's range that it rounds to +-1e-7: harmless.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"onnxconverter_common\.")
+        proto = onnx_float16.convert_float_to_float16(proto, keep_io_types=FP16_IO_DTYPE != "float16")
+    onnx.checker.check_model(proto)
+    return proto
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+Upscaler = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, h, w) float32 -> (1, 3, h*s, w*s) float32, CPU
+
+
+@dataclass
+class Runtime:
+    label: str
+    open: Callable[[], Upscaler]  # loads the artifact; may fail, which fails the artifact
+    note: str = ""
+
+
+def pytorch_runtime(path: Path, precision: str, device: torch.device) -> Runtime:
+    # CPU float16 convolutions are emulated (~50x slower than float32), so on CPU the FP16
+    # weights run in float32 math: load_model gives float32 tensors holding the float16 values.
+    dtype = torch.float16 if precision == "fp16" and device.type == "cuda" else torch.float32
+    math_name = "int8 simulated" if precision == "int8" else str(dtype).removeprefix("torch.")
+    explanation = ""
+    if precision == "fp16" and dtype == torch.float32:
+        explanation = "float16 weights run in float32 math: the CPU has no fast float16 convolutions"
+
+    def open_model() -> Upscaler:
+        model = load_model(path).to(device=device, dtype=dtype)
+
+        @torch.no_grad()
+        def upscale(lr: torch.Tensor) -> torch.Tensor:
+            return model(lr.to(device=device, dtype=dtype)).float().cpu()
+
+        return upscale
+
+    return Runtime(f"PyTorch {device.type} {math_name}", open_model, explanation)
+
+
+def onnx_providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CPUExecutionProvider", "CUDAExecutionProvider") if p in available]
+
+
+def onnx_runtime(path: Path, provider: str, threads: int) -> Runtime:
+    def open_session() -> Upscaler:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only; the report says what matters
+        session = ort.InferenceSession(str(path), options, providers=[provider])
+        if session.get_providers()[0] != provider:
+            raise RuntimeError(f"ONNX Runtime did not use {provider} ({session.get_providers()})")
+        # Feed the type the graph declares, as chaiNNer does: float16 for the FP16 model.
+        input_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+        def upscale(lr: torch.Tensor) -> torch.Tensor:
+            feed = {ONNX_INPUT_NAME: lr.numpy().astype(input_dtype)}
+            (output,) = session.run([ONNX_OUTPUT_NAME], feed)
+            return torch.from_numpy(output.astype(np.float32))
+
+        return upscale
+
+    return Runtime(f"ONNX Runtime {provider.removesuffix('ExecutionProvider')}", open_session)
+
+
+@dataclass
+class RunResult:
+    """One artifact in one runtime, on every validation image."""
+
+    runtime: str
+    note: str = ""
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    latency_ms: float | None = None
+    latency_runs: int = 0
+    first_output: np.ndarray | None = field(default=None, repr=False)  # for comparison.png
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def worst_fidelity(self) -> float | None:
+        values = [r["fidelity_db"] for r in self.per_image if r["fidelity_db"] is not None]
+        return min(values) if values else None
+
+    def mean_quality(self) -> float | None:
+        values = [r["quality_db"] for r in self.per_image if r["quality_db"] is not None]
+        return statistics.fmean(values) if values else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            **({"note": self.note} if self.note else {}),
+            "passed": self.passed,
+            "failures": self.failures,
+            "latency_ms": json_number(self.latency_ms),
+            "latency_runs": self.latency_runs,
+            "worst_fidelity_db": json_number(self.worst_fidelity()),
+            "mean_quality_db": json_number(self.mean_quality()),
+            "images": [
+                {k: json_number(v) if k.endswith("_db") else v for k, v in r.items()}
+                for r in self.per_image
+            ],
+        }
+
+
+def check_output(
+    output: torch.Tensor, image: ValidationImage, reference: np.ndarray, floor: float, scale: int
+) -> tuple[dict[str, Any], list[str]]:
+    """(per-image record, failures) for one output."""
+    expected = (1, 3, image.lr.shape[-2] * scale, image.lr.shape[-1] * scale)
+    record = {"image": image.name, "output_shape": list(output.shape), "fidelity_db": None,
+              "quality_db": None, "bicubic_db": image.bicubic_psnr}
+    if tuple(output.shape) != expected:
+        return record, [f"{image.name}: output shape {tuple(output.shape)}, expected {expected}"]
+    if not torch.isfinite(output).all():
+        return record, [f"{image.name}: output has NaN or infinite values"]
+    failures = []
+    low, high = output.min().item(), output.max().item()
+    if low < 0.0 or high > 1.0:
+        failures.append(f"{image.name}: output range [{low:.4g}, {high:.4g}] is outside [0, 1]")
+    result = to_image(output)
+    record["fidelity_db"] = psnr(result, reference)
+    record["quality_db"] = psnr(result, image.hr, border=scale)
+    if record["fidelity_db"] < floor:
+        failures.append(
+            f"{image.name}: PSNR vs the FP32 PyTorch output {record['fidelity_db']:.2f} dB is "
+            f"below the {floor:g} dB floor"
+        )
+    return record, failures
+
+
+def describe_exception(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {aether_arch.error_summary(exc)}"
+
+
+def validate(
+    runtime: Runtime, images: list[ValidationImage], references: list[np.ndarray],
+    floor: float, scale: int, progress: tqdm,
+) -> RunResult:
+    result = RunResult(runtime.label, runtime.note)
+    try:
+        upscale = runtime.open()
+    except Exception as exc:  # any load failure is what this validation exists to catch
+        result.failures.append(f"does not load: {describe_exception(exc)}")
+        progress.update(len(images))
+        return result
+    first_run_s = None
+    for index, (image, reference) in enumerate(zip(images, references)):
+        try:
+            start = time.perf_counter()
+            output = upscale(image.lr)
+            elapsed = time.perf_counter() - start
+        except Exception as exc:  # a runtime that cannot run the graph fails the artifact
+            result.failures.append(f"{image.name}: does not run: {describe_exception(exc)}")
+            progress.update(1)
+            continue
+        record, failures = check_output(output, image, reference, floor, scale)
+        result.per_image.append(record)
+        result.failures += failures
+        if index == 0:
+            first_run_s = elapsed
+            if record["fidelity_db"] is not None:  # right shape, finite: fit for comparison.png
+                result.first_output = to_image(output)
+        progress.update(1)
+    if first_run_s is not None:
+        result.latency_ms, result.latency_runs = median_latency_ms(upscale, images[0].lr, first_run_s)
+    return result
+
+
+def median_latency_ms(upscale: Upscaler, lr: torch.Tensor, first_run_s: float) -> tuple[float, int]:
+    """(median milliseconds, number of runs)."""
+    samples = [first_run_s]
+    while len(samples) == 1 or (
+        len(samples) < LATENCY_MAX_RUNS and sum(samples[1:]) < LATENCY_BUDGET_S
+    ):
+        start = time.perf_counter()
+        upscale(lr)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000, len(samples)
+
+
+@dataclass
+class ArtifactResult:
+    name: str
+    precision: str
+    quantization: str
+    size: int
+    sha256: str
+    runs: list[RunResult]
+    final_name: str = ""  # set when published: name, or name + FAILED_SUFFIX
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.runs) and all(run.passed for run in self.runs)
+
+    def failure_summary(self) -> str:
+        """The first failure in each runtime that had one."""
+        return "; ".join(
+            f"{run.runtime}: {run.failures[0]}"
+            + (f" (and {len(run.failures) - 1} more)" if len(run.failures) > 1 else "")
+            for run in self.runs
+            if run.failures
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.final_name or self.name,
+            "precision": self.precision,
+            "quantization": self.quantization,
+            "size_bytes": self.size,
+            "sha256": self.sha256,
+            "fidelity_floor_db": FIDELITY_FLOOR_DB[self.precision],
+            "passed": self.passed,
+            "runs": [run.to_json() for run in self.runs],
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Comparison image and reports
+# ---------------------------------------------------------------------------------------
+
+
+def comparison_image(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """Side-by-side centre crops of same-size (H, W, 3) images, each under its label; small
+    crops are enlarged with nearest neighbour so that the pixels stay honest."""
+    h, w = panels[0][1].shape[:2]
+    crop_h, crop_w = min(h, COMPARISON_CROP), min(w, COMPARISON_CROP)
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    zoom = max(1, math.ceil(COMPARISON_MIN_PANEL / crop_w))
+    label_height = 24
+    columns = []
+    for label, picture in panels:
+        crop = picture[top : top + crop_h, left : left + crop_w]
+        crop = cv2.resize(crop, (crop_w * zoom, crop_h * zoom), interpolation=cv2.INTER_NEAREST)
+        bar = np.zeros((label_height, crop.shape[1], 3), np.uint8)  # putText draws on 8-bit only
+        cv2.putText(bar, label, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        columns.append(np.vstack([bar.astype(np.float32) / 255.0, crop]))
+    gutter = np.ones((columns[0].shape[0], 4, 3), np.float32)
+    return np.hstack([part for column in columns for part in (column, gutter)][:-1])
+
+
+SUMMARY_HEADER = [
+    "artifact", "runtime", "size", "fidelity dB (floor)", "PSNR dB", "bicubic dB", "latency ms", "result"
+]
+
+
+def summary_rows(results: list[ArtifactResult]) -> list[list[str]]:
+    rows = []
+    for artifact in results:
+        for run in artifact.runs:
+            bicubic = statistics.fmean(r["bicubic_db"] for r in run.per_image) if run.per_image else None
+            rows.append([
+                artifact.name,
+                run.runtime,
+                format_size(artifact.size),
+                f"{format_db(run.worst_fidelity())} (>= {FIDELITY_FLOOR_DB[artifact.precision]:g})",
+                format_db(run.mean_quality()),
+                format_db(bicubic),
+                "-" if run.latency_ms is None else f"{run.latency_ms:.1f}",
+                "ok" if run.passed else "FAILED",
+            ])
+    return rows
+
+
+def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> str:
+    source, int8 = report["source"], report["int8"]
+    int8_line = "skipped" if int8["quantization"] is None else (
+        f"{int8['quantization'].upper()}, profile `{int8['profile']}`"
+        + (f", calibrated on {int8['calibration']}" if int8["calibration"] else "")
+    )
+    lines = [
+        f"# AetherNet release: {source['preset']} x{source['config']['scale']}",
+        "",
+        f"Status: **{report['status']}**. Made {report['created']} by {PROG} "
+        f"(aether_arch {report['aether_version']}).",
+        "",
+        f"* Source: `{source['path']}` ({source['form']} checkpoint, sha256 `{source['sha256']}`)",
+        f"* Config: `{json.dumps(source['config'], sort_keys=True)}`",
+        f"* INT8: {int8_line}",
+        f"* FP16 ONNX input/output type: {report['fp16_onnx_io_dtype']}",
+        f"* Validation: {len(report['images'])} image(s) from `{report['validation_dir']}`. Each is "
+        "mod-cropped, bicubic-downscaled and upscaled by every artifact; fidelity = worst PSNR "
+        "against the FP32 PyTorch output on the same input, PSNR = mean against the original "
+        "(border = scale); latency = median on the first image.",
+        "",
+        "## Artifacts",
+        "",
+        markdown_table(["file", "size", "sha256"], [
+            [a["file"], format_size(a["size_bytes"]), f"`{a['sha256']}`"] for a in report["artifacts"]
+        ]),
+        "",
+        markdown_table(SUMMARY_HEADER, summary_rows(results)),
+        "",
+        "## Per image",
+        "",
+        markdown_table(["artifact", "runtime", "image", "fidelity dB", "PSNR dB", "bicubic dB"], [
+            [artifact.name, run.runtime, r["image"], format_db(r["fidelity_db"]),
+             format_db(r["quality_db"]), format_db(r["bicubic_db"])]
+            for artifact in results for run in artifact.runs for r in run.per_image
+        ]),
+        "",
+    ]
+    failures = [
+        f"* {a.name} (kept as `{a.final_name}`): {a.failure_summary()}" for a in results if not a.passed
+    ]
+    if failures:
+        lines += ["## Failures", "", *failures, ""]
+    if report["warnings"]:
+        lines += ["## Warnings", "", *(f"* {w}" for w in report["warnings"]), ""]
+    lines += ["## Timings", "", markdown_table(["step", "seconds"], [
+        [name, f"{seconds:.2f}"] for name, seconds in report["timings_s"].items()
+    ]), ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Publishing
+# ---------------------------------------------------------------------------------------
+
+
+def remove_if_present(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def publish(staging: Path, output_dir: Path, results: list[ArtifactResult], left_out: list[str]) -> None:
+    """Move each validated artifact into place and each failed one to *.failed, and remove
+    artifacts of an earlier release that this run did not make (see the module docstring)."""
+    for artifact in results:
+        final, failed = output_dir / artifact.name, output_dir / (artifact.name + FAILED_SUFFIX)
+        if artifact.passed:
+            os.replace(staging / artifact.name, final)
+            remove_if_present(failed)
+            artifact.final_name = final.name
+        else:
+            os.replace(staging / artifact.name, failed)
+            remove_if_present(final)
+            artifact.final_name = failed.name
+    for name in left_out:
+        stale = (output_dir / name, output_dir / (name + FAILED_SUFFIX))
+        removed = [path.name for path in stale if remove_if_present(path)]
+        if removed:
+            note(f"removed {', '.join(removed)} of an earlier release: this run did not make it")
+
+
+# ---------------------------------------------------------------------------------------
+# The release
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """Everything the release needs, checked before anything is written."""
+
+    output_dir: Path
+    device: torch.device
+    source: AetherNet
+    config: dict[str, Any]
+    source_metadata: dict[str, Any]
+    source_sha256: str
+    images: list[ValidationImage]
+    calibration_images: list[ValidationImage]
+    calibration_origin: str
+
+
+def check_inputs(args: argparse.Namespace, timings: Timings, warnings_seen: list[str]) -> Inputs:
+    device = resolve_device(args.device)
+    output_dir = prepare_output_dir(args.output_dir)
+    image_folders = {"--validation-dir": args.validation_dir, "--calibration-dir": args.calibration_dir}
+    for option, folder in image_folders.items():
+        if folder is not None and Path(folder).resolve() == output_dir.resolve():
+            raise InputError(f"--output-dir is the {option}: comparison.png would become an input image")
+    validation_paths = image_paths(args.validation_dir, "--validation-dir")
+    separate_calibration = (
+        not args.skip_int8 and args.calibration_dir is not None
+        and Path(args.calibration_dir).resolve() != Path(args.validation_dir).resolve()
+    )
+    calibration_paths = image_paths(args.calibration_dir, "--calibration-dir") if separate_calibration else []
+    with timings.step("load checkpoint"):
+        source, config, source_metadata = load_source(args.model_path)
+        source_sha256 = sha256_of(Path(args.model_path))
+    with timings.step("read images"):
+        images = load_images(
+            validation_paths, "--validation-dir", config["scale"], args.max_images, warnings_seen
+        )
+        if separate_calibration:
+            calibration_images = load_images(
+                calibration_paths, "--calibration-dir", config["scale"], args.max_images, warnings_seen
+            )
+            origin = f"{len(calibration_images)} image(s) from {args.calibration_dir}"
+        else:
+            calibration_images, origin = images, f"the {len(images)} validation image(s)"
+    return Inputs(output_dir, device, source, config, source_metadata, source_sha256, images,
+                  calibration_images, origin)
+
+
+def write_artifacts(
+    staging: Path, names: list[str], fp32_model: AetherNet, int8: AetherNet | None,
+    metadata: dict[str, dict[str, Any]], opset: int, timings: Timings,
+) -> None:
+    fp32_proto = None  # exported once, converted for FP16
+
+    def onnx_file(precision: str, proto: onnx.ModelProto, path: Path) -> None:
+        set_onnx_metadata(proto, metadata[precision])
+        save_onnx(proto, path)
+
+    for name in tqdm(names, desc="writing artifacts", unit="file", leave=False, disable=None):
+        path = staging / name
+        with timings.step(f"write {name}"):
+            if name == "model_fp32.pth":
+                save_checkpoint(fp32_model, path, metadata=metadata["fp32"])
+            elif name == "model_fp16.pth":
+                save_checkpoint(copy.deepcopy(fp32_model).half(), path, metadata=metadata["fp16"])
+            elif name == "model_int8.pth":
+                save_checkpoint(int8, path, metadata=metadata["int8"], int8_weights=True)
+            elif name == "model_fp32.onnx":
+                fp32_proto = onnx_model_proto(fp32_model, opset=opset)
+                onnx_file("fp32", fp32_proto, path)
+            elif name == "model_fp16.onnx":
+                onnx_file("fp16", fp16_onnx(fp32_proto), path)
+            elif name == "model_int8.onnx":
+                onnx_file("int8", onnx_model_proto(int8, opset=opset), path)
+
+
+@torch.no_grad()
+def fp32_references(model: AetherNet, images: list[ValidationImage], device: torch.device) -> list[np.ndarray]:
+    """What every artifact's output is compared with: the fused FP32 model in PyTorch."""
+    model = model.to(device)
+    references = [to_image(model(image.lr.to(device)).cpu()) for image in images]
+    model.cpu()
+    return references
+
+
+def validate_artifacts(
+    staging: Path, names: list[str], inputs: Inputs, references: list[np.ndarray],
+    metadata: dict[str, dict[str, Any]], threads: int, timings: Timings,
+) -> list[ArtifactResult]:
+    runtimes = {}
+    for name in names:
+        precision, fmt = name.removeprefix("model_").split(".")
+        if fmt == "pth":
+            runtimes[name] = [pytorch_runtime(staging / name, precision, inputs.device)]
+        else:
+            runtimes[name] = [onnx_runtime(staging / name, provider, threads) for provider in onnx_providers()]
+    results = []
+    total = sum(map(len, runtimes.values())) * len(inputs.images)
+    with tqdm(total=total, desc="validating", unit="run", leave=False, disable=None) as progress:
+        for name in names:
+            precision = name.removeprefix("model_").split(".")[0]
+            progress.set_postfix_str(name)
+            with timings.step(f"validate {name}"):
+                runs = [
+                    validate(runtime, inputs.images, references, FIDELITY_FLOOR_DB[precision],
+                             inputs.config["scale"], progress)
+                    for runtime in runtimes[name]
+                ]
+            path = staging / name
+            results.append(ArtifactResult(
+                name, precision, metadata[precision]["quantization"], path.stat().st_size, sha256_of(path), runs
+            ))
+    for artifact in results:
+        for run in artifact.runs:
+            if run.note:
+                note(f"{artifact.name} in {run.runtime}: {run.note}")
+    return results
+
+
+def comparison_panels(
+    image: ValidationImage, reference: np.ndarray, results: dict[str, ArtifactResult], scale: int
+) -> list[tuple[str, np.ndarray]]:
+    """bicubic | FP32 | INT8 (the ONNX file on the CPU, when made) | original, labelled with PSNR."""
+    pictures = [("bicubic", to_image(bicubic_upscale(image.lr, scale))), ("FP32", reference)]
+    int8_onnx = results.get("model_int8.onnx")
+    if int8_onnx is not None and int8_onnx.runs[0].first_output is not None:
+        pictures.append(("INT8", int8_onnx.runs[0].first_output))
+    labelled = [(f"{label} {format_db(psnr(p, image.hr, border=scale))} dB", p) for label, p in pictures]
+    return [*labelled, ("original", image.hr)]
+
+
+def build_report(
+    args: argparse.Namespace, inputs: Inputs, quantization: str | None, results: list[ArtifactResult],
+    timings: Timings, warnings_seen: list[str],
+) -> dict[str, Any]:
+    source = inputs.source
+    return {
+        "tool": PROG,
+        "aether_version": aether_arch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "status": "passed" if all(artifact.passed for artifact in results) else "failed",
+        "source": {
+            "path": args.model_path,
+            "sha256": inputs.source_sha256,
+            "form": "qat" if source.qat else ("fused" if inputs.config["fused"] else "training"),
+            "preset": preset_name(source.config),
+            "config": source.config,
+            "metadata": inputs.source_metadata,
+        },
+        "int8": {
+            "profile": args.int8_profile,
+            "quantization": quantization,
+            "calibration": inputs.calibration_origin if quantization == "ptq" else None,
+        },
+        "fp16_onnx_io_dtype": FP16_IO_DTYPE,
+        "fidelity_floor_db": FIDELITY_FLOOR_DB,
+        "validation_dir": args.validation_dir,
+        "images": [
+            {"name": image.name, "hr_size": [image.hr.shape[1], image.hr.shape[0]],
+             "lr_size": [image.lr.shape[-1], image.lr.shape[-2]],
+             "bicubic_db": json_number(image.bicubic_psnr), "notes": image.notes}
+            for image in inputs.images
+        ],
+        "options": vars(args),
+        "environment": {
+            "python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__, "pytorch_device": str(inputs.device),
+            "onnxruntime_providers": onnx_providers(), "threads": args.threads,
+            "platform": platform.platform(),
+        },
+        "artifacts": [artifact.to_json() for artifact in results],
+        "timings_s": dict(timings),
+        "warnings": warnings_seen,
+    }
+
+
+def release(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    timings = Timings()
+    warnings_seen: list[str] = []
+    torch.set_num_threads(args.threads)
+    inputs = check_inputs(args, timings, warnings_seen)
+    if inputs.device.type == "cuda":  # TF32 convolutions would make the FP32 reference ~10-bit
+        torch.backends.cudnn.allow_tf32 = False
+    source, scale = inputs.source, inputs.config["scale"]
+    precisions = ["fp32", *([] if args.skip_fp16 else ["fp16"]), *([] if args.skip_int8 else ["int8"])]
+    names = [f"model_{p}.{f}" for f in FORMATS for p in precisions]
+
+    with make_staging_dir(inputs.output_dir) as staging_name:
+        staging = Path(staging_name)
+        with timings.step("fuse"):
+            fp32_model = fused_float_model(source)
+        int8, quantization = None, None
+        if "int8" in precisions:
+            with timings.step("INT8 model"):
+                int8, quantization = int8_model(
+                    source, fp32_model, args, calibration_batches(inputs.calibration_images),
+                    inputs.calibration_origin, inputs.device, warnings_seen,
+                )
+            if quantization == "ptq" and inputs.calibration_images is inputs.images:
+                note("INT8 was calibrated on the validation images; held-out images "
+                     "(--calibration-dir) give a fairer INT8 score")
+
+        provenance = {"source_path": args.model_path, "source_sha256": inputs.source_sha256}
+        metadata = {
+            "fp32": release_metadata(fp32_model, **provenance, precision="fp32", io_dtype="float32",
+                                     quantization="none", int8_profile="none"),
+            "fp16": release_metadata(fp32_model, **provenance, precision="fp16", io_dtype=FP16_IO_DTYPE,
+                                     quantization="none", int8_profile="none"),
+        }
+        if int8 is not None:
+            metadata["int8"] = release_metadata(int8, **provenance, precision="int8", io_dtype="float32",
+                                                quantization=quantization, int8_profile=args.int8_profile)
+        write_artifacts(staging, names, fp32_model, int8, metadata, args.opset, timings)
+
+        with timings.step("FP32 reference"):
+            references = fp32_references(fp32_model, inputs.images, inputs.device)
+        results = validate_artifacts(staging, names, inputs, references, metadata, args.threads, timings)
+        by_name = {artifact.name: artifact for artifact in results}
+
+        fp32_quality = by_name["model_fp32.onnx"].runs[0].mean_quality()
+        bicubic = statistics.fmean(image.bicubic_psnr for image in inputs.images)
+        if fp32_quality is not None and fp32_quality < bicubic:
+            warn(f"the FP32 model ({fp32_quality:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on "
+                 "the validation images: is the checkpoint trained?", warnings_seen)
+        panels = comparison_panels(inputs.images[0], references[0], by_name, scale)
+        write_image(staging / COMPARISON_PNG, comparison_image(panels))
+
+        left_out = [f"model_{p}.{f}" for p in PRECISIONS if p not in precisions for f in FORMATS]
+        publish(staging, inputs.output_dir, results, left_out)
+        os.replace(staging / COMPARISON_PNG, inputs.output_dir / COMPARISON_PNG)
+
+    timings["total"] = round(time.perf_counter() - started, 3)
+    report = build_report(args, inputs, quantization, results, timings, warnings_seen)
+    # Written last, straight into place (each atomically): they describe the folder as
+    # published, failures included.
+    reports = {REPORT_JSON: json.dumps(report, indent=2, allow_nan=False) + "\n",
+               REPORT_MD: markdown_report(report, results)}
+    for name, text in reports.items():
+        with atomic_write(inputs.output_dir / name) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+
+    failed = [artifact for artifact in results if not artifact.passed]
+    print(markdown_table(SUMMARY_HEADER, summary_rows(results)))
+    print(f"{len(results)} artifact(s) in {inputs.output_dir} after {timings['total']:.1f} s: "
+          + (f"{len(failed)} FAILED" if failed else "all passed"))
+    for artifact in failed:
+        print(f"{PROG}: error: {artifact.name} failed validation ({artifact.failure_summary()}); "
+              f"moved to {artifact.final_name}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help prints and exits 0
+            return int(exc.code or 0)
+        return release(args)
+    except InputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

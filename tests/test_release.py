@@ -1,0 +1,375 @@
+"""aether_release.py end to end on a one-block aether_tiny x2 and 24x32 images: the six
+artifacts, the ONNX contract, PTQ vs QAT, atomic re-runs, failed artifacts and bad input.
+Each release is built once per module; bad-input cases stop before any heavy work."""
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import aether_release
+from aether_arch import aether_tiny, calibrate_int8, detect_config, load_model, prepare_qat, save_checkpoint
+from aether_data import read_image, to_uint8, write_image
+from conftest import train_steps
+
+ARTIFACTS = [f"model_{p}.{f}" for p in ("fp32", "fp16", "int8") for f in ("pth", "onnx")]
+ONNX_FILES = [name for name in ARTIFACTS if name.endswith(".onnx")]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def release(*argv) -> tuple[int, str, str]:
+    """main() with stdout/stderr captured (module fixtures cannot use capsys)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = aether_release.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Photo-like content (smooth, all of [0, 1]) so that PSNR figures mean something."""
+    small = rng.random((max(1, height // 4), max(1, width // 4), 3), dtype=np.float32)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("release")
+
+
+@pytest.fixture(scope="module")
+def val_dir(workdir):
+    """Three usable 24x32 images (RGB, 16-bit greyscale, RGBA) plus files to skip."""
+    folder = workdir / "val"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    write_image(folder / "rgb.png", smooth_image(rng, 24, 32))
+    grey16 = np.rint(smooth_image(rng, 24, 32)[..., 0] * 65535).astype(np.uint16)
+    cv2.imwrite(str(folder / "grey16.png"), grey16)
+    bgra = np.dstack([to_uint8(smooth_image(rng, 24, 32)), np.full((24, 32), 128, np.uint8)])
+    cv2.imwrite(str(folder / "rgba.png"), bgra)
+    (folder / "broken.png").write_bytes(b"not an image")
+    write_image(folder / "tiny.png", smooth_image(rng, 6, 6))
+    (folder / "readme.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def float_model():
+    torch.manual_seed(1)
+    model = aether_tiny(scale=2, num_blocks=1)
+    train_steps(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def float_checkpoint(workdir, float_model):
+    path = workdir / "float.pth"
+    save_checkpoint(float_model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qat_checkpoint(workdir, float_model):
+    """A QAT checkpoint for the cpu profile whose activation ranges are set (as after QAT)."""
+    model = prepare_qat(copy.deepcopy(float_model), int8_profile="cpu")
+    rng = np.random.default_rng(1)
+    batches = [torch.from_numpy(smooth_image(rng, 12, 16).transpose(2, 0, 1))[None] for _ in range(3)]
+    calibrate_int8(model, batches)
+    path = workdir / "qat.pth"
+    save_checkpoint(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def float_release(workdir, float_checkpoint, val_dir):
+    out = workdir / "out_float"
+    code, stdout, stderr = release(
+        "--model-path", float_checkpoint, "--validation-dir", val_dir, "--output-dir", out
+    )
+    assert code == 0, stderr
+    return out, stdout, stderr
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(path).metadata_props}
+
+
+def no_leftovers(folder: Path) -> bool:
+    """No staging folder and no temporary file left behind."""
+    return not [p for p in folder.iterdir() if p.name.startswith(aether_release.STAGING_PREFIX) or ".tmp-" in p.name]
+
+
+# ---------------------------------------------------------------------------------------
+# A full release of a float checkpoint
+# ---------------------------------------------------------------------------------------
+
+
+def test_release_writes_every_artifact_reports_and_comparison(float_release):
+    out, stdout, stderr = float_release
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ARTIFACTS + ["comparison.png", "release_report.json", "release_report.md"]
+    )
+    report = json.loads((out / "release_report.json").read_text())
+    assert report["status"] == "passed" and report["fp16_onnx_io_dtype"] == "float16"
+    assert [a["file"] for a in report["artifacts"]] == [
+        f"model_{p}.{f}" for f in ("pth", "onnx") for p in ("fp32", "fp16", "int8")
+    ]
+    for artifact in report["artifacts"]:
+        data = (out / artifact["file"]).read_bytes()
+        assert artifact["size_bytes"] == len(data) and artifact["sha256"] == hashlib.sha256(data).hexdigest()
+        (run,) = artifact["runs"]  # CPU only here: one runtime per artifact
+        assert run["passed"] and run["latency_ms"] > 0 and len(run["images"]) == 3
+        for image in run["images"]:
+            assert image["output_shape"] == [1, 3, 24, 32]
+            assert image["fidelity_db"] == "inf" or image["fidelity_db"] >= artifact["fidelity_floor_db"]
+    assert [i["name"] for i in report["images"]] == ["grey16.png", "rgb.png", "rgba.png"]
+    assert "total" in report["timings_s"]
+    markdown = (out / "release_report.md").read_text()
+    assert all(name in markdown for name in ARTIFACTS) and "## Timings" in markdown
+    comparison, _ = read_image(out / "comparison.png")
+    assert comparison.shape[1] > 3 * comparison.shape[0]  # bicubic | FP32 | INT8 | original
+    assert all(name in stdout for name in ARTIFACTS) and "all passed" in stdout
+    # skipped and converted images are reported, files without an image suffix ignored
+    assert "skipped broken.png" in stderr and "skipped tiny.png" in stderr and "readme" not in stderr
+    assert "16-bit, greyscale expanded to RGB" in stderr and "alpha channel dropped" in stderr
+    assert no_leftovers(out)
+
+
+def test_float_checkpoint_gets_the_ptq_warning(float_release):
+    out, _, stderr = float_release
+    assert "POST-TRAINING CALIBRATION (PTQ)" in stderr and "aether_train.py --qat --pretrained" in stderr
+    assert onnx_metadata(out / "model_int8.onnx")["quantization"] == "ptq"
+    assert any("PTQ" in w for w in json.loads((out / "release_report.json").read_text())["warnings"])
+
+
+def test_pth_files_load_safely(float_release):
+    out, _, _ = float_release
+    for name in ("model_fp32.pth", "model_fp16.pth", "model_int8.pth"):
+        checkpoint = torch.load(out / name, weights_only=True)
+        metadata = json.loads(checkpoint["metadata"])
+        assert metadata["precision"] == name[6:10] and metadata["architecture"] == "AetherNet"
+        model = load_model(out / name)
+        assert model.scale == 2 and model.fused and not model.training
+        assert model.qat == (name == "model_int8.pth")
+    fp16 = torch.load(out / "model_fp16.pth", weights_only=True)["params"]
+    assert {v.dtype for v in fp16.values() if v.is_floating_point()} == {torch.float16}
+    int8 = torch.load(out / "model_int8.pth", weights_only=True)["params"]
+    conv_weights = [k for k in int8 if k.endswith(".weight") and int8[k].dim() == 4]
+    assert conv_weights and all(int8[k].dtype == torch.int8 for k in conv_weights)
+    assert detect_config(int8)["int8_profile"] == "cpu"
+
+
+def _fixed_size_output_dims(proto: onnx.ModelProto, size: int) -> list:
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for dim in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_value = size
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    return [d.dim_value or d.dim_param for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("name", ONNX_FILES)
+def test_onnx_contract_and_metadata(float_release, name):
+    out, _, _ = float_release
+    proto = onnx.load(out / name)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["output"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[1].dim_value == 3 and all(d.dim_param for d in (dims[0], dims[2], dims[3]))
+    for size in (16, 64, 256):
+        assert _fixed_size_output_dims(proto, size)[1:] == [3, 2 * size, 2 * size]
+    precision = name[6:10]
+    meta = onnx_metadata(out / name)
+    expected = {
+        "architecture": "AetherNet", "scale": "2", "precision": precision, "input_channels": "3",
+        "output_channels": "3", "value_range": "0-1", "color_order": "RGB", "layout": "NCHW",
+        "io_dtype": "float16" if precision == "fp16" else "float32",
+        "int8_profile": "cpu" if precision == "int8" else "none",
+        "quantization": "ptq" if precision == "int8" else "none",
+        "version": aether_release.aether_arch.__version__,
+    }
+    assert {k: meta.get(k) for k in expected} == expected
+    assert json.loads(meta["config"])["num_blocks"] == 1 and meta["preset"] == "custom"
+
+
+def test_fp16_onnx_has_float16_weights_and_io_and_runs(float_release):
+    out, _, _ = float_release
+    proto = onnx.load(out / "model_fp16.onnx")
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    weight_types = {init.data_type for init in proto.graph.initializer} & float_types
+    assert weight_types == {onnx.TensorProto.FLOAT16}
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    session = ort.InferenceSession(str(out / "model_fp16.onnx"), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"input": np.random.rand(1, 3, 5, 7).astype(np.float16)})
+    assert output.dtype == np.float16 and output.shape == (1, 3, 10, 14)
+
+
+# ---------------------------------------------------------------------------------------
+# QAT checkpoints, re-runs, skips and failures
+# ---------------------------------------------------------------------------------------
+
+
+def test_qat_checkpoint_then_rerun_for_another_profile(workdir, qat_checkpoint, val_dir):
+    out = workdir / "out_qat"
+    common = ["--model-path", qat_checkpoint, "--validation-dir", val_dir, "--output-dir", out, "--skip-fp16"]
+    code, _, stderr = release(*common)
+    assert code == 0, stderr
+    assert "PTQ" not in stderr and "fine-tuned with QAT" not in stderr
+    meta = onnx_metadata(out / "model_int8.onnx")
+    assert meta["quantization"] == "qat" and meta["int8_profile"] == "cpu"
+
+    # Re-run into the same folder, for the profile the checkpoint was not trained for.
+    code, _, stderr = release(*common, "--int8-profile", "tensorrt")
+    assert code == 0, stderr
+    assert "fine-tuned with QAT for the 'cpu' INT8 profile" in stderr and "tensorrt" in stderr
+    meta = onnx_metadata(out / "model_int8.onnx")
+    assert meta["quantization"] == "ptq" and meta["int8_profile"] == "tensorrt"
+    int8 = torch.load(out / "model_int8.pth", weights_only=True)["params"]
+    assert detect_config(int8)["int8_profile"] == "tensorrt"
+    assert json.loads((out / "release_report.json").read_text())["int8"]["profile"] == "tensorrt"
+    assert no_leftovers(out)
+
+
+def test_skip_flags_leave_out_and_remove_those_artifacts(tmp_path, float_release, float_checkpoint, val_dir):
+    out = tmp_path / "out"
+    shutil.copytree(float_release[0], out)  # an earlier full release in the same folder
+    code, _, stderr = release("--model-path", float_checkpoint, "--validation-dir", val_dir,
+                              "--output-dir", out, "--skip-fp16", "--skip-int8", "--max-images", "1")
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.glob("model_*")) == ["model_fp32.onnx", "model_fp32.pth"]
+    assert "removed model_int8.pth" in stderr and "PTQ" not in stderr
+    report = json.loads((out / "release_report.json").read_text())
+    assert len(report["artifacts"]) == 2 and [i["name"] for i in report["images"]] == ["grey16.png"]
+
+
+def test_failed_artifact_is_named_and_not_left_under_its_name(tmp_path, monkeypatch, float_checkpoint, val_dir):
+    monkeypatch.setitem(aether_release.FIDELITY_FLOOR_DB, "int8", 1000.0)
+    out, calibration = tmp_path / "out", tmp_path / "calibration"
+    out.mkdir()
+    (out / "model_int8.onnx").write_bytes(b"from an earlier release")
+    calibration.mkdir()
+    shutil.copy(val_dir / "rgb.png", calibration)
+    code, _, stderr = release("--model-path", float_checkpoint, "--validation-dir", val_dir,
+                              "--output-dir", out, "--skip-fp16", "--calibration-dir", calibration)
+    assert code == 1
+    assert f"PTQ) on 1 image(s) from {calibration}" in stderr and "calibrated on the validation" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("aether_release.py: error:")]
+    assert len(errors) == 2 and "model_int8.pth failed validation" in errors[0]
+    assert "model_int8.onnx failed validation" in errors[1] and "below the 1000 dB floor" in errors[1]
+    assert "Traceback" not in stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"model_fp32.pth", "model_fp32.onnx", "model_int8.pth.failed", "model_int8.onnx.failed"} <= names
+    assert not {"model_int8.pth", "model_int8.onnx"} & names
+    report = json.loads((out / "release_report.json").read_text())
+    assert report["status"] == "failed" and no_leftovers(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: exit 2, one line on stderr, nothing written
+# ---------------------------------------------------------------------------------------
+
+
+def expect_bad_input(capsys, model, validation, out, *extra) -> str:
+    """main() on bad input: exit 2, nothing on stdout, one error line on stderr (returned)."""
+    argv = ["--model-path", model, "--validation-dir", validation, "--output-dir", out, *extra]
+    code = aether_release.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert code == 2 and not captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aether_release.py: error: "), captured.err
+    return lines[0]
+
+
+def _bad_checkpoint(kind: str, folder: Path, float_checkpoint: Path) -> Path:
+    path = folder / "model.pth"
+    if kind == "missing":
+        return folder / "missing.pth"
+    if kind == "other_architecture":
+        torch.save({"params": {"conv.weight": torch.zeros(4, 3, 3, 3)}}, path)
+    elif kind == "corrupt":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "truncated":
+        data = float_checkpoint.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "needs_code":
+        torch.save({"params": argparse.Namespace(weight=torch.zeros(1))}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "other_architecture", "corrupt", "truncated", "needs_code"])
+def test_bad_checkpoint(tmp_path, capsys, kind, float_checkpoint, val_dir):
+    out = tmp_path / "out"
+    error = expect_bad_input(capsys, _bad_checkpoint(kind, tmp_path, float_checkpoint), val_dir, out)
+    assert error.startswith("aether_release.py: error: --model-path") and not out.exists()
+
+
+def _bad_validation_dir(kind: str, folder: Path) -> Path:
+    path = folder / "val"
+    if kind != "missing":
+        path.mkdir()
+    if kind == "no_images":
+        (path / "notes.txt").write_text("hello")
+    elif kind == "only_unusable":
+        (path / "broken.png").write_bytes(b"\x89PNG broken")
+        write_image(path / "tiny.png", np.zeros((5, 5, 3), np.float32))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "no_images", "only_unusable"])
+def test_bad_validation_dir(tmp_path, capsys, kind, float_checkpoint):
+    out = tmp_path / "out"
+    error = expect_bad_input(capsys, float_checkpoint, _bad_validation_dir(kind, tmp_path), out)
+    assert "--validation-dir" in error and not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["is_a_file", "inside_a_file", "read_only"])
+def test_bad_output_dir(tmp_path, capsys, monkeypatch, kind, float_checkpoint, val_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = {"is_a_file": blocker, "inside_a_file": blocker / "out", "read_only": tmp_path / "ro"}[kind]
+    if kind == "read_only":
+        out.mkdir(mode=0o500)
+        if os.geteuid() == 0:  # root may write anyway: make the permission check say no
+            real_access = os.access
+            monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != out and real_access(path, mode))
+    assert "--output-dir" in expect_bad_input(capsys, float_checkpoint, val_dir, out)
+    assert blocker.read_text() == "x" and (not out.is_dir() or not list(out.iterdir()))
+
+
+@pytest.mark.parametrize("option", [["--opset", "12"], ["--max-images", "0"], ["--device", "tpu"]])
+def test_bad_option(capsys, option, tmp_path):
+    assert option[0] in expect_bad_input(capsys, "m.pth", "v", tmp_path / "o", *option)
+
+
+def test_help_explains_every_option(capsys):
+    assert aether_release.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--model-path", "--output-dir", "--validation-dir", "--calibration-dir", "--opset",
+                   "--int8-profile", "--skip-fp16", "--skip-int8", "--max-images", "--threads", "--device"):
+        assert option in text
+
+
+def test_command_line_reports_bad_input_without_traceback(tmp_path, val_dir):
+    model = tmp_path / "model.pth"
+    model.write_bytes(b"\x80\x02garbage")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "aether_release.py"), "--model-path", str(model),
+         "--validation-dir", str(val_dir), "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
