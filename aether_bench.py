@@ -63,11 +63,10 @@ from aether_arch import (
     save_onnx,
 )
 from aether_data import (
-    bicubic_downscale,
     bicubic_upscale,
+    evaluation_pair,
     list_images,
     markdown_table,
-    mod_crop,
     psnr,
     read_image,
     to_image,
@@ -443,8 +442,8 @@ def held_out_pairs(folder: str, scale: int) -> list[tuple[str, torch.Tensor, tor
     bicubic degradation (the one training and the release quality check use)."""
     pairs = []
     for path in list_images(folder):
-        hr = to_tensor(mod_crop(read_image(path)[0], scale))
-        pairs.append((path.name, bicubic_downscale(hr, scale), hr))
+        hr, lr, _ = evaluation_pair(read_image(path)[0], scale)
+        pairs.append((path.name, lr, to_tensor(hr)))
     return pairs
 
 

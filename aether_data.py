@@ -108,6 +108,14 @@ def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+def evaluation_pair(image: np.ndarray, scale: int) -> tuple[np.ndarray, torch.Tensor, float]:
+    """How every quality figure is set up: (HR image cropped to a multiple of ``scale``, its
+    LR tensor by bicubic_downscale, PSNR of bicubic upscaling of that LR vs the HR)."""
+    hr = mod_crop(image, scale)
+    lr = bicubic_downscale(to_tensor(hr), scale)
+    return hr, lr, psnr(to_image(bicubic_upscale(lr, scale)), hr, border=scale)
+
+
 def psnr(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:
     """PSNR in dB on RGB, after rounding both images to 8 bits (what a user saves), ignoring
     ``border`` pixels on each side (the usual SR convention: border = scale)."""

@@ -97,7 +97,7 @@ from aether_arch import (
 from aether_data import (
     IMAGE_SUFFIXES,
     ImageReadError,
-    bicubic_downscale,
+    evaluation_pair,
     bicubic_upscale,
     list_images,
     markdown_table,
@@ -105,7 +105,6 @@ from aether_data import (
     psnr,
     read_image,
     to_image,
-    to_tensor,
     write_image,
 )
 
@@ -305,16 +304,13 @@ def load_images(
         except (ImageReadError, OSError) as exc:
             skipped.append(f"{path.name}: {exc}")
             continue
-        hr = mod_crop(image, scale)
-        if min(hr.shape[:2]) < MIN_LR_SIDE * scale:
+        if min(mod_crop(image, scale).shape[:2]) < MIN_LR_SIDE * scale:
             skipped.append(
                 f"{path.name}: {image.shape[1]}x{image.shape[0]} is too small for x{scale} "
                 f"(needs {MIN_LR_SIDE * scale} px a side)"
             )
             continue
-        hr_tensor = to_tensor(hr)
-        lr = bicubic_downscale(hr_tensor, scale)
-        bicubic = psnr(to_image(bicubic_upscale(lr, scale)), hr, border=scale)
+        hr, lr, bicubic = evaluation_pair(image, scale)
         images.append(ValidationImage(path.name, hr, lr, bicubic, notes))
     folder = paths[0].parent
     if not images:

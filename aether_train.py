@@ -51,9 +51,8 @@ from aether_data import (
     IMAGE_SUFFIXES,
     ImageReadError,
     bicubic_downscale,
-    bicubic_upscale,
+    evaluation_pair,
     list_images,
-    mod_crop,
     psnr,
     read_image,
     to_image,
@@ -296,11 +295,9 @@ class ValidationImage:
 def load_validation_images(folder: str, scale: int, device: torch.device) -> list[ValidationImage]:
     images = []
     for path in _images_in(folder, "--val-dir"):
-        hr = mod_crop(_read(path)[0], scale)
+        hr, lr, bicubic = evaluation_pair(_read(path)[0], scale)
         if min(hr.shape[:2]) <= 2 * scale:  # PSNR ignores a border of `scale` pixels
             raise InputError(f"validation image {str(path)!r} is too small for x{scale} ({hr.shape[1]}x{hr.shape[0]})")
-        lr = bicubic_downscale(to_tensor(hr), scale)
-        bicubic = psnr(to_image(bicubic_upscale(lr, scale)), hr, border=scale)
         images.append(ValidationImage(path.name, hr, lr.to(device), bicubic))
     return images
 

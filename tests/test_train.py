@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import aether_train
-from aether_arch import AetherNet, detect_config, is_calibrated, load_model
+from aether_arch import detect_config, is_calibrated, load_model
 from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor, write_image
 
 REPO = Path(__file__).resolve().parents[1]
