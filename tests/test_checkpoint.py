@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train_steps
+
 from aether_arch import (
     PRESET_FACTORIES,
     AetherCheckpointError,
@@ -43,6 +45,11 @@ def test_detect_config_custom_hyperparameters():
 
 
 def _outputs_equal(a: nn.Module, b: nn.Module) -> bool:
+    """Same weights and same output (fresh models all output nearest-neighbour upsampling,
+    so outputs alone would not tell them apart)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+        return False
     x = torch.rand(1, 3, 9, 7)
     with torch.no_grad():
         return torch.equal(a(x), b(x))
@@ -86,7 +93,8 @@ def test_trainer_wrappers_and_module_prefix(tmp_path, wrapper):
 
 
 def test_params_ema_is_preferred():
-    ema = aether_tiny(scale=2).eval()
+    ema = aether_tiny(scale=2)
+    train_steps(ema)  # fresh models all start as nearest-neighbour upsampling
     raw = aether_tiny(scale=2).eval()
     loaded = load_model({"params": raw.state_dict(), "params_ema": ema.state_dict()})
     assert _outputs_equal(ema, loaded) and not _outputs_equal(raw, loaded)
