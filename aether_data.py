@@ -24,6 +24,24 @@ class ImageReadError(ValueError):
     """An image file could not be decoded."""
 
 
+class ImageFolderError(ValueError):
+    """A folder of images given on a command line is missing, unreadable or has no images."""
+
+
+def image_files(folder: str, option: str) -> list[Path]:
+    """The images in ``folder``, passed as command-line ``option``; ImageFolderError with a
+    one-line message (naming the option) if there are none to read."""
+    if not Path(folder).is_dir():
+        raise ImageFolderError(f"{option} {folder!r}: no such folder")
+    try:
+        paths = list_images(folder)
+    except OSError as exc:
+        raise ImageFolderError(f"{option} {folder!r}: cannot list it ({exc.strerror or exc})") from None
+    if not paths:
+        raise ImageFolderError(f"{option} {folder!r} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name."""
     return sorted(

@@ -95,11 +95,11 @@ from aether_arch import (
     set_onnx_metadata,
 )
 from aether_data import (
-    IMAGE_SUFFIXES,
+    ImageFolderError,
     ImageReadError,
     evaluation_pair,
+    image_files,
     bicubic_upscale,
-    list_images,
     markdown_table,
     mod_crop,
     psnr,
@@ -275,18 +275,6 @@ def resolve_device(option: str) -> torch.device:
     if option == "auto":
         option = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(option)
-
-
-def image_paths(folder: str, option: str) -> list[Path]:
-    if not Path(folder).is_dir():
-        raise InputError(f"{option} {folder!r}: no such folder")
-    try:
-        paths = list_images(folder)
-    except OSError as exc:
-        raise InputError(f"{option} {folder!r}: cannot list it ({exc.strerror or exc})") from None
-    if not paths:
-        raise InputError(f"{option} {folder!r} contains no images ({', '.join(IMAGE_SUFFIXES)})")
-    return paths
 
 
 def load_images(
@@ -852,12 +840,12 @@ def check_inputs(args: argparse.Namespace, timings: Timings, warnings_seen: list
     for option, folder in image_folders.items():
         if folder is not None and Path(folder).resolve() == output_dir.resolve():
             raise InputError(f"--output-dir is the {option}: comparison.png would become an input image")
-    validation_paths = image_paths(args.validation_dir, "--validation-dir")
+    validation_paths = image_files(args.validation_dir, "--validation-dir")
     separate_calibration = (
         not args.skip_int8 and args.calibration_dir is not None
         and Path(args.calibration_dir).resolve() != Path(args.validation_dir).resolve()
     )
-    calibration_paths = image_paths(args.calibration_dir, "--calibration-dir") if separate_calibration else []
+    calibration_paths = image_files(args.calibration_dir, "--calibration-dir") if separate_calibration else []
     with timings.step("load checkpoint"):
         source, config, source_metadata = load_source(args.model_path)
         source_sha256 = sha256_of(Path(args.model_path))
@@ -1087,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help prints and exits 0
             return int(exc.code or 0)
         return release(args)
-    except InputError as exc:
+    except (InputError, ImageFolderError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -48,11 +48,11 @@ from tqdm import tqdm
 
 import aether_arch
 from aether_data import (
-    IMAGE_SUFFIXES,
+    ImageFolderError,
     ImageReadError,
     bicubic_downscale,
     evaluation_pair,
-    list_images,
+    image_files,
     psnr,
     read_image,
     to_image,
@@ -241,15 +241,6 @@ def start_processes(device_option: str) -> Processes:
 # ---------------------------------------------------------------------------------------
 
 
-def _images_in(folder: str, option: str) -> list[Path]:
-    if not Path(folder).is_dir():
-        raise InputError(f"{option} {folder!r}: no such folder")
-    paths = list_images(folder)
-    if not paths:
-        raise InputError(f"{option} {folder!r} contains no images ({', '.join(IMAGE_SUFFIXES)})")
-    return paths
-
-
 def _read(path: Path) -> tuple[np.ndarray, list[str]]:
     try:
         return read_image(path)
@@ -263,7 +254,7 @@ def load_training_images(
     """Every training image big enough for one HR crop, as a (3, H, W) float32 tensor."""
     images, too_small, largest = [], [], (0, 0)
     for folder in folders:
-        for path in _images_in(folder, "--train-dir"):
+        for path in image_files(folder, "--train-dir"):
             image, conversions = _read(path)
             if conversions:
                 notes.append(f"{path}: {', '.join(conversions)}")
@@ -294,7 +285,7 @@ class ValidationImage:
 
 def load_validation_images(folder: str, scale: int, device: torch.device) -> list[ValidationImage]:
     images = []
-    for path in _images_in(folder, "--val-dir"):
+    for path in image_files(folder, "--val-dir"):
         hr, lr, bicubic = evaluation_pair(_read(path)[0], scale)
         if min(hr.shape[:2]) <= 2 * scale:  # PSNR ignores a border of `scale` pixels
             raise InputError(f"validation image {str(path)!r} is too small for x{scale} ({hr.shape[1]}x{hr.shape[0]})")
@@ -827,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer(args, argv, processes)
         trainer.run()
         return 0
-    except InputError as exc:
+    except (InputError, ImageFolderError) as exc:
         print(f"aether_train.py: error: {exc}", file=sys.stderr)
         return 2
     finally:
