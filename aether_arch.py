@@ -636,10 +636,14 @@ class QuantConv2d(nn.Conv2d):
             )
         return quantize_dequantize(self.weight, self.weight_scale, self.weight_zero_point, 0)
 
+    def bias_scale(self) -> torch.Tensor:
+        """The int32 grid of the bias, input scale x weight scale (float32, as exported)."""
+        return self._input_quant.positive_scale().detach().float() * self.weight_scale
+
     def quantized_bias(self) -> torch.Tensor | None:
         if self.bias is None or self._input_quant is None:
             return self.bias
-        scale = self._input_quant.positive_scale().detach() * self.weight_scale
+        scale = self.bias_scale()
         if self.training:  # straight-through rounding
             return self.bias + (torch.round(self.bias / scale) * scale - self.bias).detach()
         return quantize_dequantize(self.bias, scale, self.bias_zero_point, 0)
@@ -672,7 +676,7 @@ class QuantConv2d(nn.Conv2d):
         exactly), then requantization as round(float32(acc) * float32(s_in * s_w / s_out)).
         Float32 convolution would flip a few roundings, and flips compound layer by layer."""
         input_scale = self._input_quant.positive_scale().float()
-        bias_scale = input_scale * self.weight_scale  # float32, as the exported graph has it
+        bias_scale = self.bias_scale()
         x_int = torch.round(x.double() / input_scale.double())  # the input's (q - zero_point)
         bias_int = None if self.bias is None else torch.round(self.bias.float() / bias_scale)
         acc = F.conv2d(
