@@ -205,7 +205,8 @@ class CpuSnapshot:
 # ---------------------------------------------------------------------------------------
 
 
-def ort_session(path: str, threads: int) -> ort.InferenceSession:
+def ort_session(model: str | bytes, threads: int) -> ort.InferenceSession:
+    """A CPU session for an ONNX file path or serialized model."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -214,7 +215,21 @@ def ort_session(path: str, threads: int) -> ort.InferenceSession:
     # FP32 and INT8 sessions run alternately; a session's idle threads would otherwise
     # busy-wait after each run and steal the cores the other session is timed on.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def time_sessions(
+    sessions: Mapping[str, ort.InferenceSession], image: np.ndarray, repeats: int, budget_s: float
+) -> dict[str, Timing]:
+    """Latency of each session on ``image``, timed interleaved (see time_interleaved)."""
+    return time_interleaved(
+        {
+            name: functools.partial(session.run, None, {ONNX_INPUT_NAME: image})
+            for name, session in sessions.items()
+        },
+        repeats,
+        budget_s,
+    )
 
 
 def quantize_int8(fp32_path: str, int8_path: str, workdir: str) -> None:
@@ -296,14 +311,7 @@ def benchmark_preset(preset: str, args: argparse.Namespace) -> PresetBenchmark:
             "fp32": ort_session(fp32_path, args.threads),
             "int8": ort_session(int8_path, args.threads),
         }
-        ort_timings = time_interleaved(
-            {
-                name: functools.partial(session.run, None, {ONNX_INPUT_NAME: image})
-                for name, session in sessions.items()
-            },
-            args.repeats,
-            args.budget_s,
-        )
+        ort_timings = time_sessions(sessions, image, args.repeats, args.budget_s)
     del sessions  # free their memory before torch runs
 
     x = torch.from_numpy(image)
@@ -430,10 +438,7 @@ def run_arch(args: argparse.Namespace) -> int:
 
 def onnx_upscaler(model: AetherNet, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Run ``model`` exported to ONNX (FP32, or QDQ INT8 for a QAT model) in ONNX Runtime."""
-    with tempfile.TemporaryDirectory() as workdir:
-        path = os.path.join(workdir, "model.onnx")
-        save_onnx(onnx_model_proto(model), path)
-        session = ort_session(path, threads)
+    session = ort_session(onnx_model_proto(model).SerializeToString(), threads)
     return lambda lr: torch.from_numpy(session.run(None, {ONNX_INPUT_NAME: lr.numpy()})[0])
 
 
@@ -493,22 +498,16 @@ def qat_export_speed(args: argparse.Namespace) -> str:
     ]
     x = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
     rows = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for preset in args.presets:
-            float_model = PRESET_FACTORIES[preset](scale=args.scale).eval()
-            int8_model = calibrate_int8(copy.deepcopy(float_model), calibration)
-            paths = {}
-            for name, model in (("fp32", float_model.fuse()), ("int8", int8_model)):
-                paths[name] = os.path.join(workdir, f"{preset}_{name}.onnx")
-                save_onnx(onnx_model_proto(model), paths[name])
-            sessions = {name: ort_session(path, args.threads) for name, path in paths.items()}
-            timings = time_interleaved(
-                {n: functools.partial(s.run, None, {ONNX_INPUT_NAME: x}) for n, s in sessions.items()},
-                args.repeats,
-                budget_s=60.0,
-            )
-            ratio = timings["fp32"].median / timings["int8"].median
-            rows.append([preset, str(timings["fp32"]), str(timings["int8"]), speedup_cell(ratio, INT8_SPEEDUP_TARGET)])
+    for preset in args.presets:
+        float_model = PRESET_FACTORIES[preset](scale=args.scale).eval()
+        int8_model = calibrate_int8(copy.deepcopy(float_model), calibration)
+        sessions = {
+            name: ort_session(onnx_model_proto(model).SerializeToString(), args.threads)
+            for name, model in (("fp32", float_model.fuse()), ("int8", int8_model))
+        }
+        timings = time_sessions(sessions, x, args.repeats, budget_s=60.0)
+        ratio = timings["fp32"].median / timings["int8"].median
+        rows.append([preset, str(timings["fp32"]), str(timings["int8"]), speedup_cell(ratio, INT8_SPEEDUP_TARGET)])
     table = markdown_table(["preset", "ORT FP32 ms", "ORT QAT-INT8 (QDQ) ms", "INT8 speed-up"], rows)
     return f"ONNX Runtime CPU, {args.threads} threads, 1x3x{args.size}x{args.size}, x{args.scale}, median (min-max):\n\n{table}"
 
