@@ -310,6 +310,8 @@ class AetherNet(nn.Module):
         self.shuffle = nn.PixelShuffle(scale)
         if not fused:
             self._init_for_training()
+        # Once fused (or QAT), training-form checkpoints still load with strict=True.
+        self._register_load_state_dict_pre_hook(_accept_float_state_dict, with_module=True)
         if qat:
             prepare_qat(self, int8_profile=int8_profile)
 
@@ -725,9 +727,11 @@ def _quantizer_state_keys(model: AetherNet) -> list[str]:
 def _accept_float_state_dict(
     model: AetherNet, state_dict: dict[str, Any], prefix: str, *args: Any
 ) -> None:
-    """Load-state-dict pre-hook of QAT models: a float checkpoint (training or fused form)
-    loads with strict=True. Training-form weights are fused here; quantizer state the float
-    checkpoint lacks keeps this model's (uninitialised) values."""
+    """Load-state-dict pre-hook: a fused or QAT model loads a float checkpoint (training or
+    fused form) with strict=True. Training-form weights are fused here; quantizer state the
+    float checkpoint lacks keeps this model's (uninitialised) values."""
+    if not model.fused:
+        return
     ours = model.state_dict()
     quantizer_keys = _quantizer_state_keys(model)
     if any(prefix + k in state_dict for k in quantizer_keys):
@@ -790,7 +794,6 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
     _link_conv_quantizers(model)
     model.qat = True
     model.int8_profile = profile
-    model._register_load_state_dict_pre_hook(_accept_float_state_dict, with_module=True)
     model.train(model.training)
     return model
 
@@ -1075,10 +1078,11 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     return unwrap_state_dict(obj), metadata
 
 
-def build_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> AetherNet:
-    """The AetherNet whose weights are ``state_dict`` (eval mode, float32)."""
+def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool = False) -> AetherNet:
+    """The AetherNet whose weights are ``state_dict`` (eval mode, float32); ``fused``: in the
+    deploy form even if the checkpoint is in the training form."""
     config = detect_config(state_dict)
-    model = AetherNet(**config)
+    model = AetherNet(**{**config, "fused": config["fused"] or fused})
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -1301,6 +1305,7 @@ def export_onnx(
 # ---------------------------------------------------------------------------------------
 # Framework glue: copied into neosr/archs/ or traiNNer/archs/, the presets register
 # themselves in that framework's ARCH_REGISTRY. Standalone, nothing happens.
+# register_spandrel() adds AetherNet to Spandrel (and the apps built on it) on request.
 # ---------------------------------------------------------------------------------------
 
 
@@ -1322,6 +1327,70 @@ def register_presets(registry: Any, default_scale: int | None = None) -> None:
             continue
         registry.register(
             factory if default_scale is None else _with_default_scale(factory, default_scale)
+        )
+
+
+# Half and bfloat16 support, measured (not assumed) by tests/test_spandrel.py on every
+# checkpoint form: FP16 output within 45 dB PSNR of FP32, bfloat16 within 40 dB.
+SPANDREL_SUPPORTS_HALF = True
+SPANDREL_SUPPORTS_BFLOAT16 = True
+
+
+def _spandrel_architecture() -> Any:
+    """AetherNet as a spandrel ``Architecture``. Detection keys on names every AetherNet
+    state dict has in every form (training, fused, QAT, INT8) and no other architecture uses
+    together; docs/spandrel_proposal.md explains them."""
+    from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequirements
+    from spandrel.util import KeyCondition
+
+    detect = KeyCondition.has_all(
+        "mean", "head.weight", "upsample.weight", "skip.weight",
+        KeyCondition.has_any("blocks.0.large.weight", "blocks.0.large.branches.0.conv.weight"),
+        KeyCondition.has_any("body_tail.weight", "body_tail.branches.0.conv.weight"),
+    )
+
+    class AetherNetArch(Architecture[AetherNet]):
+        def __init__(self) -> None:
+            super().__init__(id=ARCH_NAME, detect=detect)
+
+        def load(self, state_dict: Mapping[str, Any]) -> Any:
+            # Inference is what spandrel is for: always the fast deploy (fused) form; the
+            # model's load-state-dict hook fuses training-form weights on the way in.
+            model = build_from_state_dict(state_dict, fused=True)
+            config = model.config
+            return ImageModelDescriptor(
+                model,
+                state_dict,
+                architecture=self,
+                purpose="Restoration" if config["scale"] == 1 else "SR",
+                tags=[preset_name(config), f"{config['dim']}nf"] + (["int8"] if model.qat else []),
+                supports_half=SPANDREL_SUPPORTS_HALF,
+                supports_bfloat16=SPANDREL_SUPPORTS_BFLOAT16,
+                scale=config["scale"],
+                input_channels=config["in_channels"],
+                output_channels=config["out_channels"],
+                # Fully convolutional with zero padding: any size, even 1x1, works.
+                size_requirements=SizeRequirements(),
+                tiling=ModelTiling.SUPPORTED,
+            )
+
+    return AetherNetArch()
+
+
+def register_spandrel() -> None:
+    """Add AetherNet to ``spandrel.MAIN_REGISTRY`` (idempotent), detected before spandrel's
+    catch-all ``Compact``: then ``spandrel.ModelLoader().load_from_file(path)`` loads every
+    AetherNet checkpoint and release .pth (FP32, FP16, INT8, QAT, training form)."""
+    try:
+        import spandrel
+    except ImportError:
+        raise ImportError(
+            "register_spandrel() needs the spandrel package, which is not installed: "
+            "pip install spandrel"
+        ) from None
+    if ARCH_NAME not in spandrel.MAIN_REGISTRY:
+        spandrel.MAIN_REGISTRY.add(
+            spandrel.ArchSupport.from_architecture(_spandrel_architecture(), before=("Compact",))
         )
 
 

@@ -1,5 +1,10 @@
+import contextlib
+import io
 import random
+from dataclasses import dataclass
+from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -42,3 +47,52 @@ def trained_models():
         return cache[name, scale]
 
     return get
+
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+@pytest.fixture(scope="session")
+def sample_release(tmp_path_factory) -> Path:
+    """The release folder of the shipped sample checkpoint (six artifacts), built once."""
+    import aether_release
+
+    out = tmp_path_factory.mktemp("sample_release") / "release"
+    argv = ["--model-path", SAMPLES / "aether_tiny_x2.pth", "--output-dir", out,
+            "--validation-dir", SAMPLES / "val", "--max-images", "1"]
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        code = aether_release.main([str(a) for a in argv])
+    assert code == 0, log.getvalue()
+    return out
+
+
+@dataclass
+class OnnxModelInfo:
+    channels: int
+    scale: int | None
+    fp16: bool
+
+
+def chainner_onnx_info(proto: onnx.ModelProto) -> OnnxModelInfo:
+    """What chaiNNer's ONNX loader reads from a model (it ignores metadata_props): the channel
+    count from the first input's static dim 1 (<= 4, NCHW), precision from the first input's
+    element type, and the scale by fixing H/W to 16, 64, 256 in turn, running strict shape
+    inference and dividing output by input size (None unless static and the same every time)."""
+    tensor_type = proto.graph.input[0].type.tensor_type
+    dims = tensor_type.shape.dim
+    assert len(dims) == 4 and dims[1].HasField("dim_value") and 1 <= dims[1].dim_value <= 4, dims
+    ratios = set()
+    for size in (16, 64, 256):
+        fixed = onnx.ModelProto.FromString(proto.SerializeToString())
+        for dim in fixed.graph.input[0].type.tensor_type.shape.dim[2:]:
+            dim.dim_value = size
+        inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+        for dim in inferred.graph.output[0].type.tensor_type.shape.dim[2:]:
+            ratios.add(dim.dim_value / size if dim.HasField("dim_value") else None)
+    ratio = ratios.pop() if len(ratios) == 1 else None
+    return OnnxModelInfo(
+        channels=dims[1].dim_value,
+        scale=int(ratio) if ratio is not None and ratio.is_integer() else None,
+        fp16=tensor_type.elem_type == onnx.TensorProto.FLOAT16,
+    )
