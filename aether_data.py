@@ -1,14 +1,16 @@
-"""What the training, release and benchmark scripts share: image I/O, the LR degradation and
-PSNR (so that all of them measure quality the same way), and their Markdown tables.
+"""What the training, release, upscaling and benchmark scripts share: image I/O, the LR
+degradation and PSNR (so that all of them measure quality the same way), their Markdown tables
+and their command-line error convention.
 
 Images are float32 RGB arrays in [0, 1], shape (H, W, 3); tensors are float32 NCHW.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -18,6 +20,30 @@ import torch.nn.functional as F
 from aether_arch import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class InputError(Exception):
+    """Bad user input: reported as one line on stderr with exit code 2, never a traceback."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print the whole usage block
+        raise InputError(message)
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 class ImageReadError(ValueError):
@@ -49,41 +75,55 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     )
 
 
+def read_raw_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as stored: uint8 or uint16, (H, W) greyscale or (H, W, 3) BGR or
+    (H, W, 4) BGRA (OpenCV's channel order), without any conversion."""
+    data = np.fromfile(os.fspath(path), dtype=np.uint8)  # also works for non-ASCII paths
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ImageReadError(f"cannot decode image {os.fspath(path)!r} (corrupt or not an image)")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"unsupported pixel type {image.dtype} in {os.fspath(path)!r}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] not in (3, 4):
+        raise ImageReadError(f"unsupported channel count {image.shape[2]} in {os.fspath(path)!r}")
+    return image
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     """Decode any 8/16-bit greyscale, RGB or RGBA image to float32 RGB in [0, 1].
 
     Returns (image, notes): notes say what was converted (greyscale expanded, alpha dropped,
     16-bit scaled) so callers can tell the user."""
-    data = np.fromfile(os.fspath(path), dtype=np.uint8)  # also works for non-ASCII paths
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise ImageReadError(f"cannot decode image {os.fspath(path)!r} (corrupt or not an image)")
+    image = read_raw_image(path)
     notes = []
     if image.dtype == np.uint16:
         notes.append("16-bit")
         image = image.astype(np.float32) / 65535.0
-    elif image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255.0
     else:
-        raise ImageReadError(f"unsupported pixel type {image.dtype} in {os.fspath(path)!r}")
+        image = image.astype(np.float32) / 255.0
     if image.ndim == 2:
         notes.append("greyscale expanded to RGB")
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.shape[2] == 4:
         notes.append("alpha channel dropped")
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     else:
-        raise ImageReadError(f"unsupported channel count {image.shape[2]} in {os.fspath(path)!r}")
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(image), notes
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a float RGB [0, 1] image as 8-bit (temp file, then rename)."""
+    write_raw_image(path, cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR))
+
+
+def write_raw_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an image as read_raw_image returns it (uint8 / uint16; greyscale, BGR or BGRA) in
+    the format of the path's suffix (temp file, then rename)."""
     path = os.fspath(path)
-    bgr = cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(Path(path).suffix or ".png", bgr)
+    ok, encoded = cv2.imencode(Path(path).suffix or ".png", image)
     if not ok:
         raise ValueError(f"cannot encode image for {path!r}")
     with atomic_write(path) as tmp:

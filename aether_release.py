@@ -97,14 +97,17 @@ from aether_arch import (
 from aether_data import (
     ImageFolderError,
     ImageReadError,
+    InputError,
+    OneLineErrorParser,
+    bicubic_upscale,
     evaluation_pair,
     image_files,
-    bicubic_upscale,
     markdown_table,
     mod_crop,
     psnr,
     read_image,
     to_image,
+    whole_number,
     write_image,
 )
 
@@ -143,27 +146,8 @@ REPORT_MD = "release_report.md"
 COMPARISON_PNG = "comparison.png"
 
 
-class InputError(Exception):
-    """Bad user input: one line on stderr, exit code 2, nothing written."""
-
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the whole usage block
-        raise InputError(message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(
+    parser = OneLineErrorParser(
         prog=PROG,
         description="Make FP32 / FP16 / INT8 PyTorch and ONNX release files from an AetherNet "
         "checkpoint and validate each one in its runtime on real images.",
@@ -194,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "--output-dir are removed, so the folder stays one release)")
     parser.add_argument("--skip-int8", action="store_true",
                         help="do not make the INT8 files (likewise removes earlier ones)")
-    parser.add_argument("--max-images", type=_positive_int, metavar="N",
+    parser.add_argument("--max-images", type=whole_number(1), metavar="N",
                         help="use at most N usable images from each image folder (default: all)")
-    parser.add_argument("--threads", type=_positive_int, default=2, metavar="N",
+    parser.add_argument("--threads", type=whole_number(1), default=2, metavar="N",
                         help="CPU threads for PyTorch and ONNX Runtime (default: %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
                         help="PyTorch device for calibration and for validating the .pth files "

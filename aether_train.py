@@ -27,6 +27,7 @@ one-line message on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -49,6 +50,9 @@ from tqdm import tqdm
 import aether_arch
 from aether_data import (
     ImageFolderError,
+    InputError,
+    OneLineErrorParser,
+    whole_number,
     ImageReadError,
     bicubic_downscale,
     evaluation_pair,
@@ -66,15 +70,6 @@ CHARBONNIER_EPS = 1e-3
 STRUCTURAL_OPTIONS = ("preset", "scale", "num_blocks", "qat", "qat_after")
 
 
-class InputError(Exception):
-    """Bad user input: reported as one line on stderr with exit code 2, never a traceback."""
-
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the whole usage block
-        raise InputError(message)
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except empty ones and those the help text already explains."""
 
@@ -90,7 +85,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(
+    parser = OneLineErrorParser(
         prog="aether_train.py",
         description="Train AetherNet on folders of HR images (LR made by bicubic downscaling).",
         formatter_class=_HelpFormatter,
@@ -100,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folders of HR training images (all loaded into memory once)")
     data.add_argument("--val-dir", metavar="DIR",
                       help="folder of held-out HR images; PSNR vs bicubic is logged on them")
-    data.add_argument("--lr-patch", type=int, default=48,
+    data.add_argument("--lr-patch", type=whole_number(1), default=48,
                       help="LR patch size; the HR crop is lr_patch * scale pixels square")
-    data.add_argument("--batch-size", type=int, default=16, help="patches per step, per process")
+    data.add_argument("--batch-size", type=whole_number(1), default=16, help="patches per step, per process")
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="aether_small", choices=sorted(aether_arch.PRESET_FACTORIES),
@@ -125,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="peak learning rate of the QAT phase of --qat-after (default: --lr / 10)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--steps", type=int, required=True, help="total optimizer steps")
+    optim.add_argument("--steps", type=whole_number(1), required=True, help="total optimizer steps")
     optim.add_argument("--loss", choices=("l1", "charbonnier"), default="l1",
                        help=f"pixel loss (Charbonnier: sqrt(diff^2 + {CHARBONNIER_EPS:g}^2))")
     optim.add_argument("--lr", type=float, default=2e-3,
                        help="peak learning rate (AdamW); use about 2e-4 for QAT fine-tuning")
     optim.add_argument("--min-lr", type=float, default=1e-6, help="end of the cosine decay")
-    optim.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
+    optim.add_argument("--warmup", type=whole_number(0), default=0, help="linear warmup steps")
     optim.add_argument("--weight-decay", type=float, default=0.0,
                        help="AdamW decoupled weight decay (applies to every parameter)")
     optim.add_argument("--grad-clip", type=float, default=0.0,
@@ -155,30 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-at", type=int, metavar="STEP",
                      help="end this invocation after STEP steps (saving everything) without "
                           "changing the schedule; continue later with --resume")
-    run.add_argument("--val-every", type=int, default=500, help="validate every N steps (and at the end; 0: end only)")
-    run.add_argument("--save-every", type=int, default=1000, help="save every N steps (and at the end; 0: end only)")
-    run.add_argument("--log-every", type=int, default=100, help="log the mean loss every N steps")
+    run.add_argument("--val-every", type=whole_number(0), default=500, help="validate every N steps (and at the end; 0: end only)")
+    run.add_argument("--save-every", type=whole_number(0), default=1000, help="save every N steps (and at the end; 0: end only)")
+    run.add_argument("--log-every", type=whole_number(1), default=100, help="log the mean loss every N steps")
     run.add_argument("--seed", type=int, default=0, help="weights init; patch sampling uses seed + rank")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto: cuda if available")
     run.add_argument("--amp", action="store_true",
                      help="mixed precision on CUDA (bf16 if supported, else fp16 with loss "
                           "scaling); ignored on CPU")
-    run.add_argument("--threads", type=int, help="torch.set_num_threads (CPU threads)")
+    run.add_argument("--threads", type=whole_number(1), help="torch.set_num_threads (CPU threads)")
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    positive = ["lr_patch", "batch_size", "steps", "log_every"]
-    if args.threads is not None:
-        positive.append("threads")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("val_every", "save_every", "warmup"):
-        if getattr(args, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must not be negative")
     if args.lr <= 0 or args.min_lr < 0 or args.min_lr > args.lr:
         raise InputError(f"need 0 <= --min-lr <= --lr and --lr > 0, got --lr {args.lr} --min-lr {args.min_lr}")
     if not 0.0 <= args.ema_decay < 1.0:
@@ -349,9 +335,22 @@ def load_pretrained(model: aether_arch.AetherNet, path: str) -> None:
         ) from None
 
 
-def describe(model: aether_arch.AetherNet) -> str:
+def describe(model: nn.Module) -> str:
+    if not isinstance(model, aether_arch.AetherNet):  # a network from a model factory
+        return type(model).__name__
     form = "QAT" if model.qat else "float"
     return f"{aether_arch.preset_name(model.config)} x{model.scale} ({form}, {model.config['num_blocks']} blocks)"
+
+
+def is_qat(model: nn.Module) -> bool:
+    """Whether ``model`` is in its quantization-aware form (other architectures never are)."""
+    return getattr(model, "qat", False)
+
+
+def weights_metadata(model: nn.Module, **extra: Any) -> dict[str, Any]:
+    if isinstance(model, aether_arch.AetherNet):
+        return aether_arch.checkpoint_metadata(model, **extra)
+    return {"architecture": type(model).__name__, **extra}
 
 
 class ModelEMA:
@@ -363,17 +362,20 @@ class ModelEMA:
     with the uninitialised scale of 1.0 would take thousands of steps to forget), and each
     quantized conv's weight scale is recomputed from the EMA's own weights."""
 
-    def __init__(self, model: aether_arch.AetherNet, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
-        self.module = type(model)(**model.config, qat=model.qat, int8_profile=model.int8_profile)
-        self.module.load_state_dict(model.state_dict())
-        self.module.to(model.mean.device).eval().requires_grad_(False)
+        if isinstance(model, aether_arch.AetherNet):
+            self.module = type(model)(**model.config, qat=model.qat, int8_profile=model.int8_profile)
+            self.module.load_state_dict(model.state_dict())
+        else:  # a network from a model factory: its constructor's arguments are unknown here
+            self.module = copy.deepcopy(model)
+        self.module.to(next(model.parameters()).device).eval().requires_grad_(False)
 
     def decay_at(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step))
 
     @torch.no_grad()
-    def update(self, model: aether_arch.AetherNet, step: int) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
         self._adopt_new_quantizer_ranges(model)
         weight = 1.0 - self.decay_at(step)
         for ema_param, param in zip(self.module.parameters(), model.parameters()):
@@ -384,7 +386,7 @@ class ModelEMA:
             if isinstance(module, aether_arch.QuantConv2d):
                 module.refresh_weight_scale()
 
-    def _adopt_new_quantizer_ranges(self, model: aether_arch.AetherNet) -> None:
+    def _adopt_new_quantizer_ranges(self, model: nn.Module) -> None:
         sources = dict(model.named_modules())
         for name, quantizer in self.module.named_modules():
             if isinstance(quantizer, aether_arch.ActQuant) and not quantizer.is_initialized():
@@ -599,10 +601,23 @@ class RunLog:
 # ---------------------------------------------------------------------------------------
 
 
-class Trainer:
-    """One invocation of the training loop: setup, steps, validation, saving."""
+ModelFactory = Callable[[argparse.Namespace], nn.Module]
 
-    def __init__(self, args: argparse.Namespace, argv: Sequence[str], processes: Processes) -> None:
+
+class Trainer:
+    """One invocation of the training loop: setup, steps, validation, saving.
+
+    ``model_factory`` builds another network from the parsed options instead of an AetherNet
+    preset (aether_bench.py trains peer architectures this way, so that they get exactly this
+    data pipeline, degradation, loss, optimiser, schedule and EMA); float training only."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        argv: Sequence[str],
+        processes: Processes,
+        model_factory: ModelFactory | None = None,
+    ) -> None:
         self.started = time.perf_counter()
         self.args = args
         self.processes = processes
@@ -614,11 +629,15 @@ class Trainer:
         # Everything that can reject the input happens before anything is written.
         torch.manual_seed(args.seed)  # identical initial weights on every rank
         random.seed(args.seed)
-        self.model = build_model(args)
+        if model_factory is not None and (args.qat or args.qat_after is not None or args.pretrained):
+            raise InputError("--qat, --qat-after and --pretrained need an AetherNet preset, not a model factory")
+        if model_factory is not None:
+            args.preset = None  # no preset is used: the logged and saved config must not name one
+        self.model = model_factory(args) if model_factory is not None else build_model(args)
         state, state_path = read_training_state(args.resume) if args.resume else (None, None)
         if state is not None:
             check_resumable(state, args, notes)
-            if state["qat"] and not self.model.qat:  # saved after the --qat-after switch
+            if state["qat"] and not is_qat(self.model):  # saved after the --qat-after switch
                 aether_arch.prepare_qat(self.model)
         if args.pretrained and state is None:
             load_pretrained(self.model, args.pretrained)
@@ -642,7 +661,7 @@ class Trainer:
         self.last_validation: dict[str, Any] | None = None
         self.norm_frozen_from = self._norm_freeze_step()
 
-        self.optimizer, self.scheduler = make_optimizer(self.model, current_phase(args, self.model.qat), args)
+        self.optimizer, self.scheduler = make_optimizer(self.model, current_phase(args, is_qat(self.model)), args)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.ema.module.load_state_dict(state["ema"])
@@ -695,14 +714,14 @@ class Trainer:
 
     def train_step(self) -> torch.Tensor:
         args = self.args
-        freeze_norm = not self.model.qat and self.step >= self.norm_frozen_from
+        freeze_norm = not is_qat(self.model) and self.step >= self.norm_frozen_from
         if freeze_norm and self.step == self.norm_frozen_from:
             self.log(f"after step {self.step}: BatchNorm layers use their running statistics "
                      "(eval mode) for the rest of float training")
         set_training_mode(self.model, freeze_norm)
         hr_batch = self.sampler.sample(args.batch_size).to(self.device)
         lr_batch = bicubic_downscale(hr_batch, args.scale)
-        if self.model.qat and not aether_arch.is_calibrated(self.model):
+        if is_qat(self.model) and not aether_arch.is_calibrated(self.model):
             initialise_quantizer_ranges(self.model, lr_batch)
             self.train_model = None
         if self.train_model is None:
@@ -749,14 +768,14 @@ class Trainer:
         weights = {
             "params": plain_state_dict(self.model),
             "params_ema": plain_state_dict(self.ema.module),
-            "metadata": json.dumps(aether_arch.checkpoint_metadata(self.model, **extra), sort_keys=True),
+            "metadata": json.dumps(weights_metadata(self.model, **extra), sort_keys=True),
         }
         save_atomically(weights, self.out_dir / f"net_g_{self.step}.pth")
         save_atomically(weights, self.out_dir / "net_g_latest.pth")
         state = {
             "format": TRAINING_STATE_FORMAT,
             "step": self.step,
-            "qat": self.model.qat,
+            "qat": is_qat(self.model),
             "config": json.dumps(vars(self.args), sort_keys=True),
             "model": plain_state_dict(self.model),
             "ema": plain_state_dict(self.ema.module),
@@ -778,7 +797,7 @@ class Trainer:
         try:
             while self.step < stop:
                 tick = time.perf_counter()
-                if args.qat_after is not None and self.step == args.qat_after and not self.model.qat:
+                if args.qat_after is not None and self.step == args.qat_after and not is_qat(self.model):
                     self.switch_to_qat()
                 loss = self.train_step()
                 loss_sum, loss_count = loss_sum + loss, loss_count + 1

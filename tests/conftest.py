@@ -1,5 +1,6 @@
 import contextlib
 import io
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,3 +97,20 @@ def chainner_onnx_info(proto: onnx.ModelProto) -> OnnxModelInfo:
         scale=int(ratio) if ratio is not None and ratio.is_integer() else None,
         fp16=tensor_type.elem_type == onnx.TensorProto.FLOAT16,
     )
+
+
+UNWRITABLE_KINDS = ("is_a_file", "inside_a_file", "read_only")
+
+
+def unwritable_output_dir(tmp_path: Path, kind: str, monkeypatch) -> tuple[Path, Path]:
+    """(output folder that cannot be written, a file that must stay untouched): the folder is
+    that file, is below it, or is read-only (also for root, via a patched os.access)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = {"is_a_file": blocker, "inside_a_file": blocker / "out", "read_only": tmp_path / "ro"}[kind]
+    if kind == "read_only":
+        out.mkdir(mode=0o500)
+        if os.geteuid() == 0:  # root may write anyway: make the permission check say no
+            real_access = os.access
+            monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != out and real_access(path, mode))
+    return out, blocker

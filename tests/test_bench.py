@@ -1,13 +1,36 @@
-"""The benchmark's deterministic parts: MAC counting and the README preset table.
-(Latencies are only reported by aether_bench.py; speed targets are not tests.)"""
+"""The benchmark's deterministic parts: MAC counting, the README preset table, and the
+`compare` machinery (peer builders, export, roofline maths, the report's verdicts, plots, the
+quality path at a tiny budget). Latencies are only reported by aether_bench.py; speed targets
+are not tests."""
 
+import argparse
+import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import torch
+from test_train import _write_folder  # smooth synthetic images
 from torch import nn
 
 import aether_bench
 from aether_arch import PRESET_FACTORIES
+from aether_bench import (
+    HD_LABEL,
+    ORT_FP16,
+    ORT_FP32,
+    ORT_INT8,
+    PEERS,
+    RRDB,
+    CompareResults,
+    QualityResult,
+    QualityRow,
+    Roofline,
+    SpeedRow,
+    Timing,
+    measurement,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -62,3 +85,180 @@ def test_readme_table_command_writes_checks_and_refuses(tmp_path):
     readme.write_text("# No markers\n", encoding="utf-8")
     assert aether_bench.main(command) == 2
     assert readme.read_text(encoding="utf-8") == "# No markers\n"
+
+
+# ---------------------------------------------------------------------------------------
+# compare: peers, roofline maths, the report's verdicts, plots, the quality path
+# ---------------------------------------------------------------------------------------
+
+def _deploy_form(name, scale):
+    with torch.device("meta"):  # shapes only: instant even for RRDB's 16.7 M parameters
+        return aether_bench.peer_deploy_form(PEERS[name].build(scale))
+
+
+@pytest.mark.parametrize(
+    "name, published_params_m, digits",
+    [("SPAN-28", 0.151, 3), (RRDB, 16.7, 1)],  # NTIRE ESR baseline; ESRGAN's RRDBNet
+)
+def test_peers_have_their_published_sizes_at_x4(name, published_params_m, digits):
+    assert round(aether_bench.parameter_count(_deploy_form(name, 4)) / 1e6, digits) == published_params_m
+
+
+def test_span_baseline_macs_match_the_published_flops():
+    # NTIRE ESR baseline: 9.83 G "FLOPs" (multiply-accumulates) on a 256x256 input at x4
+    macs = aether_bench.macs_per_lr_pixel(_deploy_form("SPAN-28", 4)) * 256 * 256
+    assert round(macs / 1e9, 2) == 9.83
+
+
+def test_span_deploy_form_computes_what_the_eval_form_computes():
+    model = PEERS["SPAN-28"].build(2)
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    model.eval()
+    deployed = aether_bench.peer_deploy_form(model)
+    assert not any(type(m).__name__ == "Conv3XC" for m in deployed.modules())
+    x = torch.rand(1, 3, 12, 10)
+    with torch.inference_mode():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_peer_exports_and_quantizes_through_the_shared_path():
+    model = aether_bench.peer_deploy_form(PEERS["SuperUltraCompact"].build(2))
+    fp32 = aether_bench.onnx_bytes(model)
+    int8 = aether_bench.static_int8_bytes(fp32)  # Compact's graph needs the shape-inference fallback
+    x = np.random.default_rng(0).random((1, 3, 20, 24), dtype=np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    outputs = [aether_bench.ort_session(m, 1).run(None, {"input": x})[0] for m in (fp32, int8)]
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-4)
+    assert outputs[1].shape == (1, 3, 40, 48)
+
+
+def test_roofline_efficiency_is_ideal_time_over_measured_time():
+    # 100 K MACs per pixel x 65,536 pixels = 6.55 GMAC: 65.5 ms at 100 GMAC/s; measured twice that
+    assert aether_bench.roofline_efficiency(1e5, 65_536, 131.072, 1e11) == pytest.approx(0.5)
+
+
+def test_roofline_passes_keep_each_stacks_fastest_time():
+    stacks = {f"{ORT_FP32}: a": 1e9, f"{ORT_FP32}: b": 2e9, f"{ORT_INT8}: a": 1e9}
+    first = Roofline(stacks, {"ORT FP32: a": _timing(20.0), "ORT FP32: b": _timing(10.0), "ORT INT8: a": _timing(4.0)}, [0.5])
+    second = Roofline(stacks, {"ORT FP32: a": _timing(5.0), "ORT FP32: b": _timing(30.0), "ORT INT8: a": _timing(8.0)}, [0.0])
+    merged = first.merged(second)
+    assert merged.peak(ORT_FP32) == pytest.approx(2e11)  # b: 2 GMAC in 10 ms beats a's 1 GMAC in 5 ms
+    assert merged.peak(ORT_INT8) == pytest.approx(2.5e11) and merged.peak(ORT_FP16) == merged.peak(ORT_FP32)
+    assert merged.others_cpu_shares == [0.5, 0.0]
+
+
+def test_tiles_cover_the_frame_with_equal_overlapping_tiles():
+    for length in (720, 1280, 256, 100):
+        starts = aether_bench.tile_origins(length, 256, 16)
+        assert starts[0] == 0 and starts[-1] + min(256, length) == length
+        assert all(b - a <= 256 - 16 for a, b in zip(starts, starts[1:]))
+    assert len(aether_bench.hd_inputs(tiled=True)) == 18
+    assert {x.shape for x in aether_bench.hd_inputs(tiled=True)} == {(1, 3, 256, 256)}
+
+
+def _timing(ms):
+    return Timing((ms * 0.98, ms, ms * 1.05))
+
+
+def _row(model, family, scale, macs_k, **medians):
+    row = SpeedRow(model, family, scale, int(macs_k * 1e3), macs_k * 1e3, "test")
+    for fmt, ms in medians.items():
+        fmt = {"fp32": ORT_FP32, "fp16": ORT_FP16, "int8": ORT_INT8}[fmt]
+        row.timings[measurement(fmt, "256×256")] = _timing(ms)
+    row.lr_pixels["256×256"] = 256 * 256
+    row.others_cpu_share = 0.0
+    return row
+
+
+def _results(tiny_int8_ms, tiny_psnr_int8):
+    speed = [
+        _row("aether_tiny", "AetherNet", 4, 160, fp32=250.0, fp16=260.0, int8=tiny_int8_ms),
+        _row("SPAN-28", "peer", 4, 150, fp32=300.0, int8=100.0),
+        _row(RRDB, "peer", 4, 17900, fp32=6000.0, int8=2500.0),
+    ]
+    speed[0].left_out[measurement(ORT_FP32, HD_LABEL)] = "left out: predicted 99 s per run"
+    speed[0].lr_pixels[HD_LABEL] = 720 * 1280
+    quality_rows = [
+        QualityRow("aether_tiny", 150_000, 150e3, 100.0, 32.0, tiny_psnr_int8, "QAT Q/DQ export", "float", _timing(90.0)),
+        QualityRow("SPAN-28", 140_000, 141e3, 300.0, 31.9, 31.8, "ORT static PTQ", "EMA", _timing(100.0)),
+    ]
+    meta = {
+        "command": "python3 aether_bench.py compare --out X", "started": "today", "wall_s": 60.0,
+        "machine": "test machine", "versions": "test versions",
+        "options": {"size": 256, "threads": 2, "hd_scale": 4, "max_run_s": 60.0},
+    }
+    # peaks: FP32 1 GMAC in 10 ms = 100 GMAC/s, INT8 4 GMAC in 10 ms = 400 GMAC/s
+    stacks = {f"{ORT_FP32}: stack": 1e9, f"{ORT_INT8}: stack": 4e9}
+    roofline = Roofline(stacks, {name: _timing(10.0) for name in stacks}, [0.0])
+    quality = QualityResult(2, 800, "--steps 800", ["a.png"], 31.0, 256, quality_rows)
+    # the interleaved INT8 group: the cross-model verdicts use these, not the rows' own timings
+    head_to_head = {"4": {"aether_tiny": _timing(tiny_int8_ms), "SPAN-28": _timing(100.0), RRDB: _timing(2500.0)}}
+    return CompareResults(meta, roofline, speed, quality, head_to_head)
+
+
+def test_report_marks_every_missed_target_with_its_figures():
+    report = aether_bench.compare_markdown(_results(tiny_int8_ms=150.0, tiny_psnr_int8=31.5))
+    targets = report.split("## Targets")[1].split("## Roofline")[0]
+    assert "Missed: 4 of 4 checks." in targets
+    # INT8 only 1.67x faster than FP32; slower than SPAN-28 INT8; worse PSNR; RRDB only 16.7x slower
+    assert "**MISSED**: `aether_tiny` ×4 at 256×256: INT8 150.0 ms vs ORT FP32 250.0 ms" in targets
+    assert "**MISSED**: speed ×4 at 256×256 (timed interleaved): aether_tiny INT8 150.0 ms, SPAN-28 INT8 100.0 ms" in targets
+    assert "**MISSED**: quality ×2 after 800 steps each" in targets and "-0.300 dB" in targets
+    assert "**MISSED**: `aether_tiny` ×4 at 256×256: ORT INT8 150.0 ms vs RRDB ORT INT8 2500.0 ms: 16.7×" in targets
+    speed_table = report.split("## Speed at 256×256")[1]
+    assert "1.67x **MISSED** (target 2.0x)" in speed_table and "16.67x **MISSED** (target 50.0x)" in speed_table
+    assert "left out: predicted 99 s per run" in report  # the 1280x720 row says what was cut
+
+
+def test_report_says_met_when_targets_are_met_and_round_trips_through_json():
+    results = _results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0)
+    report = aether_bench.compare_markdown(results)
+    assert "Missed: 0 of 4 checks." in report and "**MISSED**" not in report.split("## Roofline")[0]
+    assert "6.25x" in report  # INT8 speed-up; aim of 3x reached
+    # roofline efficiency: 160 K MACs x 65,536 px at 100 GMAC/s = 104.9 ms ideal vs 250 ms FP32
+    assert "42%" in report
+    restored = CompareResults.from_json(results.to_json())
+    assert aether_bench.compare_markdown(restored) == report
+    json.loads(results.to_json())
+
+
+def test_plots_are_valid_pngs(tmp_path):
+    written = aether_bench.write_plots(_results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0), tmp_path)
+    assert [p.name for p in written] == [aether_bench.SPEED_QUALITY_PNG, aether_bench.LATENCY_MACS_PNG]
+    for path in written:
+        image = cv2.imread(str(path))
+        assert image is not None and image.shape == (640, 1000, 3)
+        assert (image < 128).any() and (image == 255).any()  # something drawn on white
+
+
+def test_quality_path_trains_a_peer_and_aether_tiny_with_the_shared_trainer(tmp_path):
+    args = argparse.Namespace(
+        quality_models=["aether_tiny", "SuperUltraCompact"], quality_scale=2, budget=2, lr_patch=8,
+        batch_size=2, lr=1e-3, threads=1, size=32, repeats=1, budget_s=1.0,
+        train_dir=str(_write_folder(tmp_path / "train", [(40, 40), (48, 36)], seed=1)),
+        val_dir=str(_write_folder(tmp_path / "val", [(24, 28)], seed=2)),
+    )
+    quality = aether_bench.measure_quality(args, tmp_path)
+    assert [r.model for r in quality.rows] == ["aether_tiny", "SuperUltraCompact"]
+    for row in quality.rows:
+        assert 5 < row.psnr_fp32 < 60 and 5 < row.psnr_int8 < 60 and row.int8_latency.samples_ms
+    assert quality.rows[0].int8_method == "QAT Q/DQ export" and "step 1" in quality.rows[0].fp32_source
+    log = (tmp_path / "train_logs" / "SuperUltraCompact.log").read_text()
+    assert "model: SRVGGNetCompact" in log and "finished step 2/2" in log
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--budget", "1"], "--budget: expected a whole number >= 2, got 1"),
+        (["--scales", "0"], "--scales: expected a whole number >= 1, got 0"),
+        (["--train-dir", "no/such/folder"], "no such folder"),
+        (["--peers", "ESRGAN-XL"], "invalid choice"),
+    ],
+)
+def test_compare_rejects_bad_input_with_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    assert aether_bench.main(["compare", "--out", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

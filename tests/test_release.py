@@ -24,7 +24,7 @@ import torch
 import aether_release
 from aether_arch import aether_tiny, calibrate_int8, detect_config, load_model, prepare_qat, save_checkpoint
 from aether_data import read_image, to_uint8, write_image
-from conftest import OnnxModelInfo, chainner_onnx_info, train_steps
+from conftest import UNWRITABLE_KINDS, OnnxModelInfo, chainner_onnx_info, train_steps, unwritable_output_dir
 
 ARTIFACTS = [f"model_{p}.{f}" for p in ("fp32", "fp16", "int8") for f in ("pth", "onnx")]
 ONNX_FILES = [name for name in ARTIFACTS if name.endswith(".onnx")]
@@ -352,16 +352,9 @@ def test_bad_validation_dir(tmp_path, capsys, kind, float_checkpoint):
     assert "--validation-dir" in error and not out.exists()
 
 
-@pytest.mark.parametrize("kind", ["is_a_file", "inside_a_file", "read_only"])
+@pytest.mark.parametrize("kind", UNWRITABLE_KINDS)
 def test_bad_output_dir(tmp_path, capsys, monkeypatch, kind, float_checkpoint, val_dir):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    out = {"is_a_file": blocker, "inside_a_file": blocker / "out", "read_only": tmp_path / "ro"}[kind]
-    if kind == "read_only":
-        out.mkdir(mode=0o500)
-        if os.geteuid() == 0:  # root may write anyway: make the permission check say no
-            real_access = os.access
-            monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != out and real_access(path, mode))
+    out, blocker = unwritable_output_dir(tmp_path, kind, monkeypatch)
     assert "--output-dir" in expect_bad_input(capsys, float_checkpoint, val_dir, out)
     assert blocker.read_text() == "x" and (not out.is_dir() or not list(out.iterdir()))
 

@@ -168,6 +168,7 @@ def _error_line(capsys):
         ("checkpoint_for_another_scale", "does not fit"),
         ("bad_preset", "invalid choice: 'aether_huge'"),
         ("bad_scale", "scale must be a positive integer"),
+        ("negative_warmup", "--warmup: expected a whole number >= 0, got -5"),
         ("missing_resume_state", "--resume"),
         ("resume_with_another_scale", "the saved run used --scale 2, this one 3"),
     ],
@@ -190,6 +191,8 @@ def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, 
         extra = ["--preset", "aether_huge"]
     elif case == "bad_scale":
         extra = ["--scale", "0"]
+    elif case == "negative_warmup":
+        extra = ["--warmup", "-5"]
     elif case == "missing_resume_state":
         extra = ["--resume", str(tmp_path / "no_run")]
     elif case == "resume_with_another_scale":
