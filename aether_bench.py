@@ -92,7 +92,6 @@ from aether_data import (
     ImageFolderError,
     InputError,
     OneLineErrorParser,
-    whole_number,
     bicubic_upscale,
     evaluation_pair,
     image_files,
@@ -102,6 +101,7 @@ from aether_data import (
     read_image,
     to_image,
     to_tensor,
+    whole_number,
     write_image,
 )
 from aether_release import fp16_onnx

@@ -50,10 +50,9 @@ from tqdm import tqdm
 import aether_arch
 from aether_data import (
     ImageFolderError,
+    ImageReadError,
     InputError,
     OneLineErrorParser,
-    whole_number,
-    ImageReadError,
     bicubic_downscale,
     evaluation_pair,
     image_files,
@@ -61,6 +60,7 @@ from aether_data import (
     read_image,
     to_image,
     to_tensor,
+    whole_number,
 )
 
 TRAINING_STATE_FORMAT = "aether_train_state/1"
