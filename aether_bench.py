@@ -34,7 +34,7 @@ Subcommands
         trained by aether_train.py's Trainer with the same data, degradation, loss, schedule
         and number of steps (``--budget``), then PSNR on held-out images in FP32 and INT8.
     Writes DIR/benchmarks.md (targets marked met / MISSED with the measured figures),
-    DIR/results.json (everything measured; ``--render-only`` rebuilds the report from it),
+    DIR/benchmarks_results.json (everything measured; ``--render-only`` rebuilds the report from it),
     two PNG plots and the training logs. docs/benchmarks.md is a copy of one full run.
 
 ``readme-table``
@@ -679,7 +679,7 @@ ROOFLINE_LAYERS = 4
 QAT_SHARE = 0.2  # aether_tiny's last fifth of the training budget is QAT
 AETHER_INT8 = "QAT Q/DQ export"
 PEER_INT8 = "ORT static PTQ"
-RESULTS_JSON = "results.json"
+RESULTS_JSON = "benchmarks_results.json"
 REPORT_NAME = "benchmarks.md"
 SPEED_QUALITY_PNG = "benchmarks_speed_quality.png"
 LATENCY_MACS_PNG = "benchmarks_latency_vs_macs.png"
