@@ -732,7 +732,6 @@ def _accept_float_state_dict(
     float checkpoint lacks keeps this model's (uninitialised) values."""
     if not model.fused:
         return
-    ours = model.state_dict()
     quantizer_keys = _quantizer_state_keys(model)
     if any(prefix + k in state_dict for k in quantizer_keys):
         return  # a QAT checkpoint: load as is
@@ -741,8 +740,10 @@ def _accept_float_state_dict(
         training_form = AetherNet(**{**model.config, "fused": False}).to(next(model.parameters()))
         training_form.load_state_dict(float_sd, strict=True)
         state_dict.update({prefix + k: v for k, v in training_form.fuse().state_dict().items()})
-    for key in quantizer_keys:
-        state_dict.setdefault(prefix + key, ours[key])
+    if quantizer_keys:
+        ours = model.state_dict()
+        for key in quantizer_keys:
+            state_dict.setdefault(prefix + key, ours[key])
 
 
 def _link_conv_quantizers(model: AetherNet) -> None:
@@ -1356,6 +1357,8 @@ def _spandrel_architecture() -> Any:
         def load(self, state_dict: Mapping[str, Any]) -> Any:
             # Inference is what spandrel is for: always the fast deploy (fused) form; the
             # model's load-state-dict hook fuses training-form weights on the way in.
+            # Loading here as well as in spandrel's descriptor costs a second copy of the
+            # weights but turns a mismatched file into AetherCheckpointError's one-line message.
             model = build_from_state_dict(state_dict, fused=True)
             config = model.config
             return ImageModelDescriptor(

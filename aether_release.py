@@ -60,7 +60,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -466,7 +466,10 @@ class Runtime:
     note: str = ""
 
 
-def pytorch_runtime(path: Path, precision: str, device: torch.device) -> Runtime:
+def pytorch_runtime(
+    checkpoint: Path | Mapping[str, torch.Tensor], precision: str, device: torch.device
+) -> Runtime:
+    """``checkpoint``: a file, or a state dict a caller has already read (anything load_model takes)."""
     # CPU float16 convolutions are emulated (~50x slower than float32), so on CPU the FP16
     # weights run in float32 math: load_model gives float32 tensors holding the float16 values.
     dtype = torch.float16 if precision == "fp16" and device.type == "cuda" else torch.float32
@@ -476,7 +479,7 @@ def pytorch_runtime(path: Path, precision: str, device: torch.device) -> Runtime
         explanation = "float16 weights run in float32 math: the CPU has no fast float16 convolutions"
 
     def open_model() -> Upscaler:
-        model = load_model(path).to(device=device, dtype=dtype)
+        model = load_model(checkpoint).to(device=device, dtype=dtype)
 
         @torch.no_grad()
         def upscale(lr: torch.Tensor) -> torch.Tensor:

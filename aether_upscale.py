@@ -152,8 +152,7 @@ def _open_pytorch(path: Path, device_option: str) -> Runner:
     # model_fp16.pth runs in float16 on a GPU (float32 maths on the CPU, see pytorch_runtime).
     half = any(tensor.dtype == torch.float16 for tensor in state_dict.values())
     precision = "int8" if config["qat"] else "fp16" if half else "fp32"
-    del state_dict  # pytorch_runtime loads the file itself
-    runtime = pytorch_runtime(path, precision, device)
+    runtime = pytorch_runtime(state_dict, precision, device)  # the file is read once
     try:
         upscale = runtime.open()
     except AetherCheckpointError as exc:

@@ -84,9 +84,9 @@ def test_loader_loads_release_files_and_the_sample(sample_release, name):
     assert descriptor.model.fused and descriptor.model.qat == int8
     image = torch.rand(1, 3, 13, 11)
     with torch.no_grad():
-        np_out, expected = descriptor(image), load_model(path)(image)
-    assert np_out.shape == (1, 3, 26, 22)
-    torch.testing.assert_close(np_out, expected, atol=2e-6, rtol=0)
+        got, expected = descriptor(image), load_model(path)(image)
+    assert got.shape == (1, 3, 26, 22)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
 
 
 def test_loader_loads_every_training_checkpoint_form(checkpoint_forms):
