@@ -27,6 +27,7 @@ Design notes
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -179,13 +180,6 @@ def fuse_children(module: nn.Module) -> None:
             fuse_children(child)
 
 
-class QuantPoint(nn.Identity):
-    """A place where the deployed INT8 graph holds a quantized tensor. A no-op in float
-    models; ``prepare_qat`` replaces each one with an ``ActQuant``. Every conv input and
-    every body conv/add/concat output is one, because that is where ONNX Runtime needs
-    Q/DQ pairs to run the op as an integer kernel (QLinearConv, QLinearAdd, QLinearConcat)."""
-
-
 class AetherBlock(nn.Module):
     """Residual block: 3x3 conv -> ReLU -> partial large-kernel conv -> 1x1 conv, + input.
 
@@ -266,11 +260,7 @@ class AetherNet(nn.Module):
             large_kernel=large_kernel,
             partial_channels=partial_channels,
         )
-        if int8_profile not in INT8_PROFILES:
-            raise ValueError(
-                f"AetherNet: int8_profile must be one of {', '.join(INT8_PROFILES)}, "
-                f"got {int8_profile!r}"
-            )
+        _check_int8_profile(int8_profile)
         self.config: dict[str, Any] = {
             "scale": scale,
             "in_channels": in_channels,
@@ -406,28 +396,26 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def _preset(name: str, scale: int, overrides: dict[str, Any]) -> AetherNet:
-    return AetherNet(**{**PRESETS[name], "scale": scale, **overrides})
-
-
-def aether_tiny(scale: int = 4, **overrides: Any) -> AetherNet:
+# One factory per preset with a ``scale`` keyword (traiNNer-redux's convention); any other
+# keyword overrides a preset value (``aether_small(scale=2, num_blocks=6)``).
+def aether_tiny(scale: int = 4, **kwargs: Any) -> AetherNet:
     """Real-time class preset."""
-    return _preset("aether_tiny", scale, overrides)
+    return AetherNet(**{**PRESETS["aether_tiny"], "scale": scale, **kwargs})
 
 
-def aether_small(scale: int = 4, **overrides: Any) -> AetherNet:
+def aether_small(scale: int = 4, **kwargs: Any) -> AetherNet:
     """SPAN / Compact class preset."""
-    return _preset("aether_small", scale, overrides)
+    return AetherNet(**{**PRESETS["aether_small"], "scale": scale, **kwargs})
 
 
-def aether_medium(scale: int = 4, **overrides: Any) -> AetherNet:
+def aether_medium(scale: int = 4, **kwargs: Any) -> AetherNet:
     """Mid-size preset."""
-    return _preset("aether_medium", scale, overrides)
+    return AetherNet(**{**PRESETS["aether_medium"], "scale": scale, **kwargs})
 
 
-def aether_large(scale: int = 4, **overrides: Any) -> AetherNet:
+def aether_large(scale: int = 4, **kwargs: Any) -> AetherNet:
     """Quality preset."""
-    return _preset("aether_large", scale, overrides)
+    return AetherNet(**{**PRESETS["aether_large"], "scale": scale, **kwargs})
 
 
 PRESET_FACTORIES = {f.__name__: f for f in (aether_tiny, aether_small, aether_medium, aether_large)}
@@ -443,6 +431,18 @@ INT8_PROFILES: dict[str, torch.dtype] = {
     "tensorrt": torch.int8,  # TensorRT explicit quantization: symmetric, zero-point 0
 }
 WEIGHT_QMAX = 127  # symmetric [-127, 127]: -128 unused, as TensorRT and ORT expect
+
+
+def _check_int8_profile(profile: str) -> None:
+    if profile not in INT8_PROFILES:
+        raise ValueError(f"AetherNet: int8_profile must be one of {', '.join(INT8_PROFILES)}, got {profile!r}")
+
+
+class QuantPoint(nn.Identity):
+    """A place where the deployed INT8 graph holds a quantized tensor. A no-op in float
+    models; ``prepare_qat`` replaces each one with an ``ActQuant``. Every conv input and
+    every body conv/add/concat output is one, because that is where ONNX Runtime needs
+    Q/DQ pairs to run the op as an integer kernel (QLinearConv, QLinearAdd, QLinearConcat)."""
 
 
 def _define_quantize_dequantize() -> Any:
@@ -724,28 +724,6 @@ def _quantizer_state_keys(model: AetherNet) -> list[str]:
     return keys
 
 
-def _accept_float_state_dict(
-    model: AetherNet, state_dict: dict[str, Any], prefix: str, *args: Any
-) -> None:
-    """Load-state-dict pre-hook: a fused or QAT model loads a float checkpoint (training or
-    fused form) with strict=True. Training-form weights are fused here; quantizer state the
-    float checkpoint lacks keeps this model's (uninitialised) values."""
-    if not model.fused:
-        return
-    quantizer_keys = _quantizer_state_keys(model)
-    if any(prefix + k in state_dict for k in quantizer_keys):
-        return  # a QAT checkpoint: load as is
-    if prefix + "body_tail.branches.0.conv.weight" in state_dict:
-        float_sd = {k[len(prefix) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
-        training_form = AetherNet(**{**model.config, "fused": False}).to(next(model.parameters()))
-        training_form.load_state_dict(float_sd, strict=True)
-        state_dict.update({prefix + k: v for k, v in training_form.fuse().state_dict().items()})
-    if quantizer_keys:
-        ours = model.state_dict()
-        for key in quantizer_keys:
-            state_dict.setdefault(prefix + key, ours[key])
-
-
 def _link_conv_quantizers(model: AetherNet) -> None:
     """Tell every QuantConv2d which ActQuants quantize its input (for its bias grid) and its
     output (for integer-exact CPU inference)."""
@@ -778,8 +756,7 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
     if model.qat:
         return model
     profile = int8_profile or model.int8_profile
-    if profile not in INT8_PROFILES:
-        raise ValueError(f"int8_profile must be one of {', '.join(INT8_PROFILES)}, got {profile!r}")
+    _check_int8_profile(profile)
     model.fuse()
 
     def swap(parent: nn.Module) -> None:
@@ -797,6 +774,17 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
     model.int8_profile = profile
     model.train(model.training)
     return model
+
+
+def float_copy(model: AetherNet) -> AetherNet:
+    """A fused float copy of ``model`` in eval mode: its deploy form, or for a QAT model its conv
+    weights and biases without the quantizers (what the FP32 and FP16 release files hold)."""
+    if not model.qat:
+        return copy.deepcopy(model).fuse().eval()
+    fused = AetherNet(**model.config, fused=True).to(model.mean.device)
+    qat_state = model.state_dict()  # int8 weights are already dequantized by the load
+    fused.load_state_dict({key: qat_state[key] for key in fused.state_dict()}, strict=True)
+    return fused.eval()
 
 
 def act_quantizers(model: nn.Module) -> list[ActQuant]:
@@ -878,6 +866,13 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 _SAFETENSORS_METADATA_KEY = "aether"
 
 _REQUIRED_KEYS = ("mean", "head.weight", "upsample.weight", "skip.weight")
+_QAT_KEY = "input_q.zero_point"  # quantizer state: only QAT (and INT8) checkpoints have it
+
+
+def _form_key(conv: str, fused: bool) -> str:
+    """The key of a re-parameterizable conv's full kernel: the conv's own weight once fused, its
+    first (largest) branch's in the training form. Which of the two a state dict has tells its form."""
+    return f"{conv}.weight" if fused else f"{conv}.branches.0.conv.weight"
 
 
 def _describe_keys(keys: list[str], limit: int = 4) -> str:
@@ -917,8 +912,8 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             f"AetherNet keys such as {', '.join(_REQUIRED_KEYS)} and blocks.0.*"
             + (f" (missing {', '.join(missing)})" if missing else "")
         )
-    fused = "body_tail.weight" in state_dict
-    large_key = "blocks.0.large." + ("weight" if fused else "branches.0.conv.weight")
+    fused = _form_key("body_tail", fused=True) in state_dict
+    large_key = _form_key("blocks.0.large", fused)
     if large_key not in state_dict:
         raise AetherCheckpointError(
             f"incomplete AetherNet checkpoint: {large_key!r} is missing; the file may be "
@@ -930,15 +925,15 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     scale, out_channels = _scale_and_out_channels(
         int(state_dict["upsample.weight"].shape[0]), in_channels
     )
-    qat = "input_q.zero_point" in state_dict
+    qat = _QAT_KEY in state_dict
     profile = "cpu"
     if qat:
         dtypes = {dtype: name for name, dtype in INT8_PROFILES.items()}
-        profile = dtypes.get(state_dict["input_q.zero_point"].dtype, "")
+        profile = dtypes.get(state_dict[_QAT_KEY].dtype, "")
         if not profile:
             raise AetherCheckpointError(
-                "QAT checkpoint with activation zero-points of type "
-                f"{state_dict['input_q.zero_point'].dtype}; expected uint8 (cpu) or int8 (tensorrt)"
+                f"QAT checkpoint with activation zero-points of type {state_dict[_QAT_KEY].dtype}; "
+                "expected uint8 (cpu) or int8 (tensorrt)"
             )
     return {
         "scale": scale,
@@ -1071,6 +1066,28 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
             "with no tensors; expected a state dict of AetherNet weights"
         )
     return state_dict
+
+
+def _accept_float_state_dict(
+    model: AetherNet, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """Load-state-dict pre-hook: a fused or QAT model loads a float checkpoint (training or
+    fused form) with strict=True. Training-form weights are fused here; quantizer state the
+    float checkpoint lacks keeps this model's (uninitialised) values."""
+    if not model.fused:
+        return
+    quantizer_keys = _quantizer_state_keys(model)
+    if any(prefix + k in state_dict for k in quantizer_keys):
+        return  # a QAT checkpoint: load as is
+    if prefix + _form_key("body_tail", fused=False) in state_dict:
+        float_sd = {k[len(prefix) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+        training_form = AetherNet(**{**model.config, "fused": False}).to(next(model.parameters()))
+        training_form.load_state_dict(float_sd, strict=True)
+        state_dict.update({prefix + k: v for k, v in training_form.fuse().state_dict().items()})
+    if quantizer_keys:
+        ours = model.state_dict()
+        for key in quantizer_keys:
+            state_dict.setdefault(prefix + key, ours[key])
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -1345,9 +1362,8 @@ def _spandrel_architecture() -> Any:
     from spandrel.util import KeyCondition
 
     detect = KeyCondition.has_all(
-        "mean", "head.weight", "upsample.weight", "skip.weight",
-        KeyCondition.has_any("blocks.0.large.weight", "blocks.0.large.branches.0.conv.weight"),
-        KeyCondition.has_any("body_tail.weight", "body_tail.branches.0.conv.weight"),
+        *_REQUIRED_KEYS,
+        *(KeyCondition.has_any(_form_key(conv, True), _form_key(conv, False)) for conv in ("blocks.0.large", "body_tail")),
     )
 
     class AetherNetArch(Architecture[AetherNet]):

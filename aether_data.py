@@ -1,16 +1,14 @@
-"""What the training, release, upscaling and benchmark scripts share: image I/O, the LR
-degradation and PSNR (so that all of them measure quality the same way), their Markdown tables
-and their command-line error convention.
+"""Images as every AetherNet script reads, degrades and scores them: image I/O, the LR
+degradation and PSNR, so that training, release, upscaling and benchmarks measure quality the
+same way.
 
 Images are float32 RGB arrays in [0, 1], shape (H, W, 3); tensors are float32 NCHW.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -18,39 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from aether_arch import atomic_write
+from aether_cli import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-class InputError(Exception):
-    """Bad user input: reported as one line on stderr with exit code 2, never a traceback."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the whole usage block
-        raise InputError(message)
-
-
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer of at least ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 class ImageReadError(ValueError):
     """An image file could not be decoded."""
 
 
-class ImageFolderError(ValueError):
+class ImageFolderError(InputError):
     """A folder of images given on a command line is missing, unreadable or has no images."""
 
 
@@ -139,9 +114,11 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
 
 
-def to_image(tensor: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) tensor -> (H, W, 3) float32 array."""
-    return tensor[0].detach().float().cpu().numpy().transpose(1, 2, 0)
+def to_image(batch: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(1, 3, H, W) tensor or float32 array -> (H, W, 3) float32 array."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.detach().float().cpu().numpy()
+    return batch[0].transpose(1, 2, 0)
 
 
 def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
@@ -182,13 +159,3 @@ def psnr(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:
         a8, b8 = a8[border:-border, border:-border], b8[border:-border, border:-border]
     mse = np.mean((a8 - b8) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table with padded columns, so the raw text reads as a table too."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
-
-    return "\n".join([line(header), line(["-" * width for width in widths]), *map(line, rows)])

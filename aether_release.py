@@ -57,58 +57,70 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxconverter_common import float16 as onnx_float16
 from tqdm import tqdm
 
 import aether_arch
 from aether_arch import (
     INT8_PROFILES,
-    ONNX_INPUT_NAME,
     ONNX_OPSETS,
-    ONNX_OUTPUT_NAME,
     PRESETS,
     AetherCheckpointError,
     AetherNet,
     atomic_write,
     build_from_state_dict,
-    calibrate_int8,
     checkpoint_metadata,
     detect_config,
+    float_copy,
     is_calibrated,
-    load_model,
-    onnx_model_proto,
-    prepare_qat,
     preset_name,
     read_checkpoint,
     save_checkpoint,
     save_onnx,
     set_onnx_metadata,
 )
-from aether_data import (
-    ImageFolderError,
-    ImageReadError,
+from aether_cli import (
     InputError,
     OneLineErrorParser,
+    describe_exception,
+    markdown_table,
+    note,
+    prepare_output_dir,
+    run_cli,
+    warn,
+    whole_number,
+)
+from aether_data import (
+    ImageReadError,
     bicubic_upscale,
     evaluation_pair,
     image_files,
-    markdown_table,
     mod_crop,
     psnr,
     read_image,
     to_image,
-    whole_number,
     write_image,
+)
+from aether_runtime import (
+    FP16_IO_DTYPE,
+    Runtime,
+    Upscaler,
+    calibration_batches,
+    has_qat_ranges_for,
+    int8_model,
+    onnx_models,
+    onnx_providers,
+    onnx_runtime,
+    pytorch_runtime,
+    resolve_device,
 )
 
 PROG = "aether_release.py"
@@ -118,11 +130,6 @@ FORMATS = ("pth", "onnx")
 # FP32 ONNX differs from PyTorch only by float reordering; FP16 keeps ~11 bits of mantissa;
 # INT8 is bounded by 8-bit activations (PTQ of a good model lands around 35-45 dB).
 FIDELITY_FLOOR_DB = {"fp32": 60.0, "fp16": 45.0, "int8": 30.0}
-# Float16 input and output for model_fp16.onnx: chaiNNer (and most ONNX front ends) pick the
-# precision they feed from the input's type, so float16 I/O makes them run it in half
-# precision end to end, with no Cast nodes at the graph edges. model_fp32.onnx is the one
-# with float32 I/O.
-FP16_IO_DTYPE = "float16"
 # Images whose low-resolution version (after mod-crop and bicubic downscaling) has a side
 # shorter than this are skipped: PSNR ignores a border of `scale` pixels on each side.
 MIN_LR_SIDE = 4
@@ -132,11 +139,6 @@ MIN_LR_SIDE = 4
 # CPU) would cost seconds per sample and gets two.
 LATENCY_MAX_RUNS = 10
 LATENCY_BUDGET_S = 1.0
-# PTQ calibration feeds low-resolution images like the validation does; larger ones are
-# centre-cropped to this side because calibration runs the INT8 simulation (float64 convs on
-# CPU). Min/max ranges do not need whole photos: on samples/val, 128 px crops gave the same
-# INT8 fidelity as whole images (44.5 dB) in 30% less time.
-CALIBRATION_MAX_SIDE = 128
 COMPARISON_CROP = 128  # side of the high-resolution crop shown in comparison.png
 COMPARISON_MIN_PANEL = 192  # small crops are enlarged (nearest neighbour) to this width
 STAGING_PREFIX = ".aether-release-"
@@ -193,15 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------
 
 
-def warn(message: str, warnings_seen: list[str]) -> None:
-    warnings_seen.append(message)
-    tqdm.write(f"WARNING: {message}", file=sys.stderr)
-
-
-def note(message: str) -> None:
-    tqdm.write(f"note: {message}", file=sys.stderr)
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -253,14 +246,6 @@ class ValidationImage:
     notes: list[str]
 
 
-def resolve_device(option: str) -> torch.device:
-    if option == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: PyTorch sees no CUDA device (use --device cpu or auto)")
-    if option == "auto":
-        option = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(option)
-
-
 def load_images(
     paths: list[Path], option: str, scale: int, limit: int | None, warnings_seen: list[str]
 ) -> list[ValidationImage]:
@@ -297,22 +282,6 @@ def load_images(
     return images
 
 
-def prepare_output_dir(path: str) -> Path:
-    """Check --output-dir before anything is read or written; it is created only after every
-    input has been validated (make_staging_dir)."""
-    output_dir = Path(path)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"--output-dir {path!r} exists and is not a folder")
-    existing = output_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"--output-dir {path!r} cannot be created: {str(existing)!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--output-dir {path!r} is not writable (no write permission on {str(existing)!r})")
-    return output_dir
-
-
 def make_staging_dir(output_dir: Path) -> tempfile.TemporaryDirectory:
     try:  # prepare_output_dir checked this already; permissions can still say no (ACLs, races)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -344,17 +313,6 @@ def load_source(path: str) -> tuple[AetherNet, dict[str, Any], dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 
 
-def fused_float_model(source: AetherNet) -> AetherNet:
-    """The deploy-form float32 model: the fused checkpoint, or for a QAT checkpoint its conv
-    weights and biases without the quantizers."""
-    if not source.qat:
-        return source.fuse().eval()
-    model = AetherNet(**source.config, fused=True)
-    qat_state = source.state_dict()  # int8 weights are already dequantized by the load
-    model.load_state_dict({key: qat_state[key] for key in model.state_dict()}, strict=True)
-    return model.eval()
-
-
 def qat_command_hint(config: dict[str, Any], model_path: str) -> str:
     """The aether_train.py command that fine-tunes this checkpoint with QAT."""
     for name, values in PRESETS.items():
@@ -368,22 +326,13 @@ def qat_command_hint(config: dict[str, Any], model_path: str) -> str:
     return f"python3 aether_train.py --qat --pretrained {model_path} --lr 2e-4 ... (custom config)"
 
 
-def int8_model(
-    source: AetherNet,
-    fp32_model: AetherNet,
-    args: argparse.Namespace,
-    calibration: list[torch.Tensor],
-    calibration_origin: str,
-    device: torch.device,
-    warnings_seen: list[str],
-) -> tuple[AetherNet, str]:
-    """(calibrated QAT model for --int8-profile, "qat" | "ptq")."""
-    profile = args.int8_profile
-    if source.qat and is_calibrated(source) and source.int8_profile == profile:
-        return source, "qat"
+def warn_about_ptq(
+    source: AetherNet, model_path: str, profile: str, calibration_origin: str, warnings_seen: list[str]
+) -> None:
+    """Say why INT8 is made by post-training calibration (PTQ) and how QAT would do better."""
     if source.qat and is_calibrated(source):
         warn(
-            f"{args.model_path} was fine-tuned with QAT for the {source.int8_profile!r} INT8 "
+            f"{model_path} was fine-tuned with QAT for the {source.int8_profile!r} INT8 "
             f"profile, but --int8-profile is {profile!r}: its activation grids do not carry over, "
             f"so INT8 is re-calibrated from its float weights (PTQ) on {calibration_origin}; "
             f"quality may be lower than a QAT fine-tune for {profile!r} would give",
@@ -396,27 +345,15 @@ def int8_model(
             else "is a float checkpoint (not trained with QAT)"
         )
         lines = [
-            f"{args.model_path} {reason}.",
+            f"{model_path} {reason}.",
             f"INT8 is made by POST-TRAINING CALIBRATION (PTQ) on {calibration_origin}.",
             "PTQ INT8 quality is LOWER than quantization-aware training gives. For the best",
             "INT8 model, fine-tune this checkpoint with QAT and release that checkpoint:",
-            f"    {qat_command_hint(source.config, args.model_path)}",
+            f"    {qat_command_hint(source.config, model_path)}",
         ]
         warnings_seen.append(" ".join(line.strip() for line in lines))
         bar = "!" * 78
         tqdm.write("\n".join([bar, f"WARNING: {lines[0]}", *lines[1:], bar]), file=sys.stderr)
-    model = prepare_qat(copy.deepcopy(fp32_model), int8_profile=profile).to(device)
-    calibrate_int8(model, tqdm(calibration, desc="calibrating INT8", unit="img", leave=False, disable=None))
-    return model.cpu().eval(), "ptq"
-
-
-def calibration_batches(images: list[ValidationImage]) -> list[torch.Tensor]:
-    batches = []
-    for image in images:
-        h, w = image.lr.shape[-2:]
-        top, left = max(0, (h - CALIBRATION_MAX_SIDE) // 2), max(0, (w - CALIBRATION_MAX_SIDE) // 2)
-        batches.append(image.lr[..., top : top + CALIBRATION_MAX_SIDE, left : left + CALIBRATION_MAX_SIDE])
-    return batches
 
 
 def release_metadata(
@@ -441,79 +378,9 @@ def release_metadata(
     )
 
 
-def fp16_onnx(fp32_proto: onnx.ModelProto) -> onnx.ModelProto:
-    proto = onnx.ModelProto()
-    proto.CopyFrom(fp32_proto)  # the converter edits in place; the FP32 proto is saved too
-    with warnings.catch_warnings():
-        # It warns once per weight below float16's range that it rounds to +-1e-7: harmless.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"onnxconverter_common\.")
-        proto = onnx_float16.convert_float_to_float16(proto, keep_io_types=FP16_IO_DTYPE != "float16")
-    onnx.checker.check_model(proto)
-    return proto
-
-
 # ---------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------
-
-Upscaler = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, h, w) float32 -> (1, 3, h*s, w*s) float32, CPU
-
-
-@dataclass
-class Runtime:
-    label: str
-    open: Callable[[], Upscaler]  # loads the artifact; may fail, which fails the artifact
-    note: str = ""
-
-
-def pytorch_runtime(
-    checkpoint: Path | Mapping[str, torch.Tensor], precision: str, device: torch.device
-) -> Runtime:
-    """``checkpoint``: a file, or a state dict a caller has already read (anything load_model takes)."""
-    # CPU float16 convolutions are emulated (~50x slower than float32), so on CPU the FP16
-    # weights run in float32 math: load_model gives float32 tensors holding the float16 values.
-    dtype = torch.float16 if precision == "fp16" and device.type == "cuda" else torch.float32
-    math_name = "int8 simulated" if precision == "int8" else str(dtype).removeprefix("torch.")
-    explanation = ""
-    if precision == "fp16" and dtype == torch.float32:
-        explanation = "float16 weights run in float32 math: the CPU has no fast float16 convolutions"
-
-    def open_model() -> Upscaler:
-        model = load_model(checkpoint).to(device=device, dtype=dtype)
-
-        @torch.no_grad()
-        def upscale(lr: torch.Tensor) -> torch.Tensor:
-            return model(lr.to(device=device, dtype=dtype)).float().cpu()
-
-        return upscale
-
-    return Runtime(f"PyTorch {device.type} {math_name}", open_model, explanation)
-
-
-def onnx_providers() -> list[str]:
-    available = ort.get_available_providers()
-    return [p for p in ("CPUExecutionProvider", "CUDAExecutionProvider") if p in available]
-
-
-def onnx_runtime(path: Path, provider: str, threads: int) -> Runtime:
-    def open_session() -> Upscaler:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only; the report says what matters
-        session = ort.InferenceSession(str(path), options, providers=[provider])
-        if session.get_providers()[0] != provider:
-            raise RuntimeError(f"ONNX Runtime did not use {provider} ({session.get_providers()})")
-        # Feed the type the graph declares, as chaiNNer does: float16 for the FP16 model.
-        input_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-
-        def upscale(lr: torch.Tensor) -> torch.Tensor:
-            feed = {ONNX_INPUT_NAME: lr.numpy().astype(input_dtype)}
-            (output,) = session.run([ONNX_OUTPUT_NAME], feed)
-            return torch.from_numpy(output.astype(np.float32))
-
-        return upscale
-
-    return Runtime(f"ONNX Runtime {provider.removesuffix('ExecutionProvider')}", open_session)
 
 
 @dataclass
@@ -558,7 +425,7 @@ class RunResult:
 
 
 def check_output(
-    output: torch.Tensor, image: ValidationImage, reference: np.ndarray, floor: float, scale: int
+    output: np.ndarray, image: ValidationImage, reference: np.ndarray, floor: float, scale: int
 ) -> tuple[dict[str, Any], list[str]]:
     """(per-image record, failures) for one output."""
     expected = (1, 3, image.lr.shape[-2] * scale, image.lr.shape[-1] * scale)
@@ -566,10 +433,10 @@ def check_output(
               "quality_db": None, "bicubic_db": image.bicubic_psnr}
     if tuple(output.shape) != expected:
         return record, [f"{image.name}: output shape {tuple(output.shape)}, expected {expected}"]
-    if not torch.isfinite(output).all():
+    if not np.isfinite(output).all():
         return record, [f"{image.name}: output has NaN or infinite values"]
     failures = []
-    low, high = output.min().item(), output.max().item()
+    low, high = float(output.min()), float(output.max())
     if low < 0.0 or high > 1.0:
         failures.append(f"{image.name}: output range [{low:.4g}, {high:.4g}] is outside [0, 1]")
     result = to_image(output)
@@ -581,10 +448,6 @@ def check_output(
             f"below the {floor:g} dB floor"
         )
     return record, failures
-
-
-def describe_exception(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {aether_arch.error_summary(exc)}"
 
 
 def validate(
@@ -602,7 +465,7 @@ def validate(
     for index, (image, reference) in enumerate(zip(images, references)):
         try:
             start = time.perf_counter()
-            output = upscale(image.lr)
+            output = upscale(image.lr.numpy())
             elapsed = time.perf_counter() - start
         except Exception as exc:  # a runtime that cannot run the graph fails the artifact
             result.failures.append(f"{image.name}: does not run: {describe_exception(exc)}")
@@ -617,11 +480,11 @@ def validate(
                 result.first_output = to_image(output)
         progress.update(1)
     if first_run_s is not None:
-        result.latency_ms, result.latency_runs = median_latency_ms(upscale, images[0].lr, first_run_s)
+        result.latency_ms, result.latency_runs = median_latency_ms(upscale, images[0].lr.numpy(), first_run_s)
     return result
 
 
-def median_latency_ms(upscale: Upscaler, lr: torch.Tensor, first_run_s: float) -> tuple[float, int]:
+def median_latency_ms(upscale: Upscaler, lr: np.ndarray, first_run_s: float) -> tuple[float, int]:
     """(median milliseconds, number of runs)."""
     samples = [first_run_s]
     while len(samples) == 1 or (
@@ -855,35 +718,27 @@ def write_artifacts(
     staging: Path, names: list[str], fp32_model: AetherNet, int8: AetherNet | None,
     metadata: dict[str, dict[str, Any]], opset: int, timings: Timings,
 ) -> None:
-    fp32_proto = None  # exported once, converted for FP16
-
-    def onnx_file(precision: str, proto: onnx.ModelProto, path: Path) -> None:
-        set_onnx_metadata(proto, metadata[precision])
-        save_onnx(proto, path)
-
+    with timings.step("export ONNX"):
+        protos = onnx_models(fp32_model, int8, opset=opset, fp16="model_fp16.onnx" in names)
     for name in tqdm(names, desc="writing artifacts", unit="file", leave=False, disable=None):
+        precision, fmt = name.removeprefix("model_").split(".")
         path = staging / name
         with timings.step(f"write {name}"):
-            if name == "model_fp32.pth":
-                save_checkpoint(fp32_model, path, metadata=metadata["fp32"])
-            elif name == "model_fp16.pth":
-                save_checkpoint(copy.deepcopy(fp32_model).half(), path, metadata=metadata["fp16"])
-            elif name == "model_int8.pth":
-                save_checkpoint(int8, path, metadata=metadata["int8"], int8_weights=True)
-            elif name == "model_fp32.onnx":
-                fp32_proto = onnx_model_proto(fp32_model, opset=opset)
-                onnx_file("fp32", fp32_proto, path)
-            elif name == "model_fp16.onnx":
-                onnx_file("fp16", fp16_onnx(fp32_proto), path)
-            elif name == "model_int8.onnx":
-                onnx_file("int8", onnx_model_proto(int8, opset=opset), path)
+            if fmt == "pth":
+                model = int8 if precision == "int8" else fp32_model
+                if precision == "fp16":
+                    model = copy.deepcopy(fp32_model).half()
+                save_checkpoint(model, path, metadata=metadata[precision], int8_weights=precision == "int8")
+            else:
+                set_onnx_metadata(protos[precision], metadata[precision])
+                save_onnx(protos[precision], path)
 
 
 @torch.no_grad()
 def fp32_references(model: AetherNet, images: list[ValidationImage], device: torch.device) -> list[np.ndarray]:
     """What every artifact's output is compared with: the fused FP32 model in PyTorch."""
     model = model.to(device)
-    references = [to_image(model(image.lr.to(device)).cpu()) for image in images]
+    references = [to_image(model(image.lr.to(device))) for image in images]
     model.cpu()
     return references
 
@@ -994,14 +849,16 @@ def release(args: argparse.Namespace) -> int:
     with make_staging_dir(inputs.output_dir) as staging_name:
         staging = Path(staging_name)
         with timings.step("fuse"):
-            fp32_model = fused_float_model(source)
+            fp32_model = float_copy(source)
         int8, quantization = None, None
         if "int8" in precisions:
+            if not has_qat_ranges_for(source, args.int8_profile):
+                warn_about_ptq(source, args.model_path, args.int8_profile, inputs.calibration_origin, warnings_seen)
+            calibration = tqdm(calibration_batches(image.lr for image in inputs.calibration_images), desc="calibrating INT8",
+                               unit="img", leave=False, disable=None)
             with timings.step("INT8 model"):
-                int8, quantization = int8_model(
-                    source, fp32_model, args, calibration_batches(inputs.calibration_images),
-                    inputs.calibration_origin, inputs.device, warnings_seen,
-                )
+                int8, quantization = int8_model(source, fp32_model, profile=args.int8_profile,
+                                                calibration=calibration, device=inputs.device)
             if quantization == "ptq" and inputs.calibration_images is inputs.images:
                 note("INT8 was calibrated on the validation images; held-out images "
                      "(--calibration-dir) give a fairer INT8 score")
@@ -1056,15 +913,7 @@ def release(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as exc:  # --help prints and exits 0
-            return int(exc.code or 0)
-        return release(args)
-    except (InputError, ImageFolderError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(PROG, build_parser().parse_args, release, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

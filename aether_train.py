@@ -1,73 +1,43 @@
-"""A small reference trainer for AetherNet (bicubic x scale super-resolution).
+"""Train AetherNet on folders of HR images: the command line of aether_training.Trainer.
 
     python3 aether_train.py --preset aether_tiny --scale 2 --train-dir samples/train \
         --val-dir samples/val --steps 20000 --out-dir runs/tiny_x2
     torchrun --nproc_per_node 2 aether_train.py ...            # DistributedDataParallel
 
-What it does, and why:
-
-* Data: every training image is decoded once (``aether_data.read_image``) and held in memory;
-  each step draws random HR crops of ``--lr-patch * scale`` pixels with random flips and 90
-  degree rotations, and makes the LR input on the fly with ``aether_data.bicubic_downscale``,
-  the same degradation the release script's quality check uses. Patch sampling has its own
-  ``torch.Generator`` (seeded ``--seed + rank``), so it is reproducible and resumable.
-* Model: a preset from ``aether_arch.PRESET_FACTORIES`` in its training form (RepConv branches
-  with BatchNorm), or its quantization-aware form (``--qat``, ``--qat-after``).
-* Optimisation: L1 or Charbonnier loss, AdamW, linear warmup then cosine decay to ``--min-lr``,
-  optional gradient clipping, and an EMA of the weights; validation and ``params_ema`` use the
-  EMA model.
-* Output (neosr / traiNNer-redux layout): ``net_g_{step}.pth`` and ``net_g_latest.pth`` hold
-  ``{"params", "params_ema", "metadata"}``; ``training_state.pth`` holds everything ``--resume``
-  needs to continue bit-exactly (on the same hardware and thread count); ``train.log``.
+The network is a preset from ``aether_arch.PRESET_FACTORIES`` in its training form (RepConv
+branches with BatchNorm), or its quantization-aware form (``--qat``, ``--qat-after``),
+optionally initialised from ``--pretrained``; what the training loop does with it (data,
+degradation, loss, schedule, EMA, checkpoints, exact ``--resume``) is described in
+aether_training.py.
 
 Bad input (missing folders, no usable images, unreadable checkpoints, bad options) ends with a
-one-line message on stderr and exit code 2.
+one-line message on stderr and exit code 2; Ctrl-C with one line and exit code 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import math
-import os
-import random
 import shlex
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import aether_arch
-from aether_data import (
-    ImageFolderError,
-    ImageReadError,
-    InputError,
-    OneLineErrorParser,
-    bicubic_downscale,
-    evaluation_pair,
-    image_files,
-    psnr,
-    read_image,
-    to_image,
-    to_tensor,
-    whole_number,
+from aether_cli import InputError, OneLineErrorParser, run_cli, whole_number
+from aether_training import (
+    CHARBONNIER_EPS,
+    AetherNetPolicy,
+    Trainer,
+    TrainingOptions,
+    seed_everything,
+    start_processes,
 )
 
-TRAINING_STATE_FORMAT = "aether_train_state/1"
-TRAINING_STATE_NAME = "training_state.pth"
-CHARBONNIER_EPS = 1e-3
-# Options that fix the network or the phase layout: a saved state only fits a run with the same.
-STRUCTURAL_OPTIONS = ("preset", "scale", "num_blocks", "qat", "qat_after")
+PROG = "aether_train.py"
+DEFAULTS = TrainingOptions  # its class attributes are the defaults of its fields
+AETHERNET = AetherNetPolicy()
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -85,6 +55,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options; their names and defaults are TrainingOptions' (--lr-patch is lr_patch)."""
     parser = OneLineErrorParser(
         prog="aether_train.py",
         description="Train AetherNet on folders of HR images (LR made by bicubic downscaling).",
@@ -95,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folders of HR training images (all loaded into memory once)")
     data.add_argument("--val-dir", metavar="DIR",
                       help="folder of held-out HR images; PSNR vs bicubic is logged on them")
-    data.add_argument("--lr-patch", type=whole_number(1), default=48,
+    data.add_argument("--lr-patch", type=whole_number(1), default=DEFAULTS.lr_patch,
                       help="LR patch size; the HR crop is lr_patch * scale pixels square")
-    data.add_argument("--batch-size", type=whole_number(1), default=16, help="patches per step, per process")
+    data.add_argument("--batch-size", type=whole_number(1), default=DEFAULTS.batch_size, help="patches per step, per process")
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="aether_small", choices=sorted(aether_arch.PRESET_FACTORIES),
                        help="network size")
-    model.add_argument("--scale", type=int, default=2, help="upscaling factor")
+    model.add_argument("--scale", type=int, default=DEFAULTS.scale, help="upscaling factor")
     model.add_argument("--num-blocks", type=int,
                        help="override the preset's number of blocks (default: the preset's)")
     model.add_argument("--pretrained", metavar="CKPT",
@@ -121,20 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--steps", type=whole_number(1), required=True, help="total optimizer steps")
-    optim.add_argument("--loss", choices=("l1", "charbonnier"), default="l1",
+    optim.add_argument("--loss", choices=("l1", "charbonnier"), default=DEFAULTS.loss,
                        help=f"pixel loss (Charbonnier: sqrt(diff^2 + {CHARBONNIER_EPS:g}^2))")
-    optim.add_argument("--lr", type=float, default=2e-3,
+    optim.add_argument("--lr", type=float, default=DEFAULTS.lr,
                        help="peak learning rate (AdamW); use about 2e-4 for QAT fine-tuning")
-    optim.add_argument("--min-lr", type=float, default=1e-6, help="end of the cosine decay")
-    optim.add_argument("--warmup", type=whole_number(0), default=0, help="linear warmup steps")
-    optim.add_argument("--weight-decay", type=float, default=0.0,
+    optim.add_argument("--min-lr", type=float, default=DEFAULTS.min_lr, help="end of the cosine decay")
+    optim.add_argument("--warmup", type=whole_number(0), default=DEFAULTS.warmup, help="linear warmup steps")
+    optim.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,
                        help="AdamW decoupled weight decay (applies to every parameter)")
-    optim.add_argument("--grad-clip", type=float, default=0.0,
+    optim.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip,
                        help="clip the gradient norm to this value (0: off)")
-    optim.add_argument("--ema-decay", type=float, default=0.999,
+    optim.add_argument("--ema-decay", type=float, default=DEFAULTS.ema_decay,
                        help="EMA decay, ramped up as min(decay, (1+step)/(10+step)) so short "
                             "runs are not dominated by the initial weights")
-    optim.add_argument("--freeze-norm-frac", type=float, default=0.1,
+    optim.add_argument("--freeze-norm-frac", type=float, default=DEFAULTS.freeze_norm_frac,
                        help="for this last fraction of FLOAT training, BatchNorm layers use their "
                             "running statistics (eval mode). Why: in train mode BN normalises "
                             "with each batch's statistics, but inference and the fused deploy "
@@ -150,11 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-at", type=int, metavar="STEP",
                      help="end this invocation after STEP steps (saving everything) without "
                           "changing the schedule; continue later with --resume")
-    run.add_argument("--val-every", type=whole_number(0), default=500, help="validate every N steps (and at the end; 0: end only)")
-    run.add_argument("--save-every", type=whole_number(0), default=1000, help="save every N steps (and at the end; 0: end only)")
-    run.add_argument("--log-every", type=whole_number(1), default=100, help="log the mean loss every N steps")
-    run.add_argument("--seed", type=int, default=0, help="weights init; patch sampling uses seed + rank")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    run.add_argument("--val-every", type=whole_number(0), default=DEFAULTS.val_every, help="validate every N steps (and at the end; 0: end only)")
+    run.add_argument("--save-every", type=whole_number(0), default=DEFAULTS.save_every, help="save every N steps (and at the end; 0: end only)")
+    run.add_argument("--log-every", type=whole_number(1), default=DEFAULTS.log_every, help="log the mean loss every N steps")
+    run.add_argument("--seed", type=int, default=DEFAULTS.seed, help="weights init; patch sampling uses seed + rank")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS.device,
                      help="auto: cuda if available")
     run.add_argument("--amp", action="store_true",
                      help="mixed precision on CUDA (bf16 if supported, else fp16 with loss "
@@ -163,161 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    if args.lr <= 0 or args.min_lr < 0 or args.min_lr > args.lr:
-        raise InputError(f"need 0 <= --min-lr <= --lr and --lr > 0, got --lr {args.lr} --min-lr {args.min_lr}")
-    if not 0.0 <= args.ema_decay < 1.0:
-        raise InputError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
-    if not 0.0 <= args.freeze_norm_frac <= 1.0:
-        raise InputError(f"--freeze-norm-frac must be in [0, 1], got {args.freeze_norm_frac}")
-    if args.qat_after is not None:
-        if args.qat:
-            raise InputError("use either --qat (QAT from the start) or --qat-after N, not both")
-        if not 0 < args.qat_after < args.steps:
-            raise InputError(f"--qat-after must be between 1 and --steps - 1 ({args.steps - 1}), got {args.qat_after}")
-    if args.qat_lr is None:
-        args.qat_lr = args.lr / 10
-    if args.stop_at is not None and not 0 < args.stop_at <= args.steps:
-        raise InputError(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
-    if args.out_dir is None and args.resume is None:
-        raise InputError("--out-dir is required (unless --resume gives the run's folder)")
-    return args
+def parse_args(argv: Sequence[str]) -> TrainingOptions:
+    return TrainingOptions(**vars(build_parser().parse_args(argv))).check()
 
 
-# ---------------------------------------------------------------------------------------
-# Processes and devices
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Processes:
-    """This process's place in a torchrun job (world_size 1 without torchrun)."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def start_processes(device_option: str) -> Processes:
-    use_cuda = device_option == "cuda" or (device_option == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available to this PyTorch")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Processes(0, 1, torch.device("cuda" if use_cuda else "cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return Processes(dist.get_rank(), world_size, device)
-
-
-# ---------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------
-
-
-def _read(path: Path) -> tuple[np.ndarray, list[str]]:
+def build_model(options: TrainingOptions) -> aether_arch.AetherNet:
+    overrides = {} if options.num_blocks is None else {"num_blocks": options.num_blocks}
     try:
-        return read_image(path)
-    except (ImageReadError, OSError) as exc:
-        raise InputError(str(exc)) from None
-
-
-def load_training_images(
-    folders: Sequence[str], hr_patch: int, notes: list[str]
-) -> list[torch.Tensor]:
-    """Every training image big enough for one HR crop, as a (3, H, W) float32 tensor."""
-    images, too_small, largest = [], [], (0, 0)
-    for folder in folders:
-        for path in image_files(folder, "--train-dir"):
-            image, conversions = _read(path)
-            if conversions:
-                notes.append(f"{path}: {', '.join(conversions)}")
-            height, width = image.shape[:2]
-            largest = max(largest, (height, width), key=min)
-            if height < hr_patch or width < hr_patch:
-                too_small.append(path.name)
-                continue
-            images.append(to_tensor(image)[0])
-    if not images:
-        raise InputError(
-            f"all {len(too_small)} training images are smaller than the {hr_patch}x{hr_patch} HR "
-            f"crop (--lr-patch x --scale; the largest is {largest[1]}x{largest[0]}); need images "
-            f"of at least {hr_patch}x{hr_patch} pixels or a smaller --lr-patch"
-        )
-    if too_small:
-        notes.append(f"skipped {len(too_small)} image(s) smaller than {hr_patch}x{hr_patch}: {', '.join(too_small)}")
-    return images
-
-
-@dataclass
-class ValidationImage:
-    name: str
-    hr: np.ndarray  # (H, W, 3), mod-cropped to the scale
-    lr: torch.Tensor  # (1, 3, H / scale, W / scale), on the training device
-    bicubic_psnr: float  # the baseline does not change during training: computed once
-
-
-def load_validation_images(folder: str, scale: int, device: torch.device) -> list[ValidationImage]:
-    images = []
-    for path in image_files(folder, "--val-dir"):
-        hr, lr, bicubic = evaluation_pair(_read(path)[0], scale)
-        if min(hr.shape[:2]) <= 2 * scale:  # PSNR ignores a border of `scale` pixels
-            raise InputError(f"validation image {str(path)!r} is too small for x{scale} ({hr.shape[1]}x{hr.shape[0]})")
-        images.append(ValidationImage(path.name, hr, lr.to(device), bicubic))
-    return images
-
-
-class PatchSampler:
-    """Random HR crops with a random one of the 8 flips / 90-degree rotations, drawn from
-    images held in memory with a dedicated generator (so sampling is resumable)."""
-
-    def __init__(self, images: list[torch.Tensor], hr_patch: int, seed: int) -> None:
-        self.images = images
-        self.hr_patch = hr_patch
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def sample(self, batch_size: int) -> torch.Tensor:
-        size, g = self.hr_patch, self.generator
-        picks = torch.randint(len(self.images), (batch_size,), generator=g).tolist()
-        corners = torch.rand(batch_size, 2, generator=g).tolist()
-        transforms = torch.randint(0, 2, (batch_size, 3), generator=g).bool().tolist()
-        patches = []
-        for index, (y, x), (flip_h, flip_v, transpose) in zip(picks, corners, transforms):
-            image = self.images[index]
-            top = int(y * (image.shape[1] - size + 1))
-            left = int(x * (image.shape[2] - size + 1))
-            patch = image[:, top : top + size, left : left + size]
-            if flip_h:
-                patch = patch.flip(-1)
-            if flip_v:
-                patch = patch.flip(-2)
-            if transpose:  # with the flips: all 8 symmetries of the square
-                patch = patch.transpose(-1, -2)
-            patches.append(patch)
-        return torch.stack(patches)
-
-
-# ---------------------------------------------------------------------------------------
-# Model, EMA, optimisation
-# ---------------------------------------------------------------------------------------
-
-
-def build_model(args: argparse.Namespace) -> aether_arch.AetherNet:
-    overrides = {} if args.num_blocks is None else {"num_blocks": args.num_blocks}
-    try:
-        return aether_arch.PRESET_FACTORIES[args.preset](scale=args.scale, qat=args.qat, **overrides)
+        return aether_arch.PRESET_FACTORIES[options.preset](scale=options.scale, qat=options.qat, **overrides)
     except ValueError as exc:  # bad scale / num_blocks: the message names the hyperparameter
         raise InputError(str(exc)) from None
 
@@ -331,520 +155,33 @@ def load_pretrained(model: aether_arch.AetherNet, path: str) -> None:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise InputError(
-            f"--pretrained {path!r} does not fit {describe(model)}: " + " ".join(str(exc).split())[:300]
+            f"--pretrained {path!r} does not fit {AETHERNET.describe(model)}: " + " ".join(str(exc).split())[:300]
         ) from None
 
 
-def describe(model: nn.Module) -> str:
-    if not isinstance(model, aether_arch.AetherNet):  # a network from a model factory
-        return type(model).__name__
-    form = "QAT" if model.qat else "float"
-    return f"{aether_arch.preset_name(model.config)} x{model.scale} ({form}, {model.config['num_blocks']} blocks)"
-
-
-def is_qat(model: nn.Module) -> bool:
-    """Whether ``model`` is in its quantization-aware form (other architectures never are)."""
-    return getattr(model, "qat", False)
-
-
-def weights_metadata(model: nn.Module, **extra: Any) -> dict[str, Any]:
-    if isinstance(model, aether_arch.AetherNet):
-        return aether_arch.checkpoint_metadata(model, **extra)
-    return {"architecture": type(model).__name__, **extra}
-
-
-class ModelEMA:
-    """Exponential moving average of a model's parameters; buffers (BatchNorm statistics,
-    quantizer state) are copied, since averaging them has no meaning.
-
-    The EMA copy is always in eval mode. Two QAT details keep it a faithful model:
-    an activation quantizer whose range the model has just set is adopted as is (averaging
-    with the uninitialised scale of 1.0 would take thousands of steps to forget), and each
-    quantized conv's weight scale is recomputed from the EMA's own weights."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        if isinstance(model, aether_arch.AetherNet):
-            self.module = type(model)(**model.config, qat=model.qat, int8_profile=model.int8_profile)
-            self.module.load_state_dict(model.state_dict())
-        else:  # a network from a model factory: its constructor's arguments are unknown here
-            self.module = copy.deepcopy(model)
-        self.module.to(next(model.parameters()).device).eval().requires_grad_(False)
-
-    def decay_at(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        self._adopt_new_quantizer_ranges(model)
-        weight = 1.0 - self.decay_at(step)
-        for ema_param, param in zip(self.module.parameters(), model.parameters()):
-            ema_param.lerp_(param.detach(), weight)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
-            ema_buffer.copy_(buffer)
-        for module in self.module.modules():
-            if isinstance(module, aether_arch.QuantConv2d):
-                module.refresh_weight_scale()
-
-    def _adopt_new_quantizer_ranges(self, model: nn.Module) -> None:
-        sources = dict(model.named_modules())
-        for name, quantizer in self.module.named_modules():
-            if isinstance(quantizer, aether_arch.ActQuant) and not quantizer.is_initialized():
-                if sources[name].is_initialized():
-                    # load_state_dict (not copy_) so the quantizer re-reads its state
-                    quantizer.load_state_dict(sources[name].state_dict())
-
-    def switch_to_qat(self) -> None:
-        aether_arch.prepare_qat(self.module)
-        self.module.eval().requires_grad_(False)
-
-
-@dataclass
-class Phase:
-    """A stretch of training with one optimizer and one warmup + cosine schedule."""
-
-    lr: float
-    first_step: int
-    end_step: int
-    warmup: int
-
-
-def current_phase(args: argparse.Namespace, qat: bool) -> Phase:
-    if args.qat_after is None:
-        return Phase(args.lr, 0, args.steps, args.warmup)
-    if not qat:
-        return Phase(args.lr, 0, args.qat_after, args.warmup)
-    # Fresh optimizer, no warmup: the fused QAT parameters are new tensors (the branch weights'
-    # Adam moments do not map onto them), and the QAT phase is a fine-tuning at a lower LR.
-    return Phase(args.qat_lr, args.qat_after, args.steps, 0)
-
-
-def make_optimizer(
-    model: nn.Module, phase: Phase, args: argparse.Namespace
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=phase.lr, weight_decay=args.weight_decay)
-    steps = phase.end_step - phase.first_step
-    floor = args.min_lr / phase.lr
-
-    def lr_factor(i: int) -> float:
-        if i < phase.warmup:
-            return (i + 1) / phase.warmup
-        progress = min(1.0, (i - phase.warmup) / max(1, steps - phase.warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-
-
-def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if name == "l1":
-        return F.l1_loss
-    return lambda sr, hr: torch.sqrt((sr - hr) ** 2 + CHARBONNIER_EPS**2).mean()
-
-
-def set_training_mode(model: nn.Module, freeze_norm: bool) -> None:
-    model.train()
-    if freeze_norm:
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
-
-
-@torch.no_grad()
-def initialise_quantizer_ranges(model: aether_arch.AetherNet, lr_batch: torch.Tensor) -> None:
-    """Set every activation range from this batch before the step that trains on it (what the
-    first training forward would do anyway). Done explicitly, outside DDP, so that the wrapper
-    built afterwards broadcasts rank 0's ranges instead of each rank keeping its own."""
-    model(lr_batch)
-
-
-def wrap_for_training(model: nn.Module, processes: Processes) -> nn.Module:
-    if not processes.distributed:
-        return model
-    device_ids = [processes.device.index] if processes.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
-
-
-# ---------------------------------------------------------------------------------------
-# Validation
-# ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def validate(model: nn.Module, images: list[ValidationImage], scale: int) -> dict[str, Any]:
-    """Mean RGB PSNR (8-bit, border = scale) of the model and of bicubic upscaling."""
-    per_image = {}
-    for image in images:
-        sr = model(image.lr)
-        per_image[image.name] = (psnr(to_image(sr), image.hr, border=scale), image.bicubic_psnr)
-    model_mean = sum(m for m, _ in per_image.values()) / len(per_image)
-    bicubic_mean = sum(b for _, b in per_image.values()) / len(per_image)
-    return {"psnr": model_mean, "bicubic_psnr": bicubic_mean, "per_image": per_image}
-
-
-# ---------------------------------------------------------------------------------------
-# Checkpoints and training state
-# ---------------------------------------------------------------------------------------
-
-
-def save_atomically(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a file."""
-    with aether_arch.atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Compact CPU copies (no views, no shared storage), as loaders like Spandrel expect."""
-    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
-
-
-def rng_states(sampler_states: list[torch.Tensor]) -> dict[str, Any]:
-    """Every random state as tensors / lists of ints (loadable with weights_only=True)."""
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch_cpu": torch.get_rng_state(),
-        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": [version, list(internal), gauss_next],
-        "patch_sampler": sampler_states,  # one per rank
-    }
-
-
-def restore_rng_states(states: dict[str, Any], sampler: PatchSampler, processes: Processes,
-                       seed: int, step: int, log: "RunLog") -> None:
-    torch.set_rng_state(states["torch_cpu"])
-    if states["torch_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["torch_cuda"])
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    sampler_states = states["patch_sampler"]
-    if len(sampler_states) == processes.world_size:
-        sampler.generator.set_state(sampler_states[processes.rank])
-    else:  # a different process count: the patch stream cannot continue as it was
-        sampler.generator.manual_seed(seed + processes.rank + 1_000_003 * step)
-        log(f"note: the saved run had {len(sampler_states)} process(es), this one has "
-            f"{processes.world_size}; patch sampling is re-seeded, so the run is not bit-exact")
-
-
-def gather_sampler_states(sampler: PatchSampler, processes: Processes) -> list[torch.Tensor]:
-    """Every rank's patch-generator state (a collective call under DDP)."""
-    state = sampler.generator.get_state()
-    if not processes.distributed:
-        return [state]
-    device = processes.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    gathered = [torch.empty_like(state, device=device) for _ in range(processes.world_size)]
-    dist.all_gather(gathered, state.to(device))
-    return [s.cpu() for s in gathered]
-
-
-def read_training_state(location: str) -> tuple[dict[str, Any], Path]:
-    path = Path(location)
-    if path.is_dir():
-        path = path / TRAINING_STATE_NAME
-    if not path.is_file():
-        raise InputError(f"--resume: {str(path)!r} not found")
+def train(options: TrainingOptions, argv: Sequence[str]) -> int:
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    processes = start_processes(options.device)
+    trainer = None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files; all mean the same
-        first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise InputError(f"--resume: {str(path)!r} is not a readable training state: {first_line.strip()[:200]}") from None
-    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
-        raise InputError(f"--resume: {str(path)!r} is not an aether_train.py training state")
-    return state, path
-
-
-def check_resumable(state: dict[str, Any], args: argparse.Namespace, notes: list[str]) -> None:
-    """Refuse a state that cannot continue under these options; note options that changed."""
-    saved = json.loads(state["config"])
-    for name in STRUCTURAL_OPTIONS:
-        if saved.get(name) != getattr(args, name):
-            raise InputError(
-                f"--resume: the saved run used --{name.replace('_', '-')} {saved.get(name)}, "
-                f"this one {getattr(args, name)}; these must match"
-            )
-    stop = args.stop_at or args.steps
-    if state["step"] >= stop:
-        raise InputError(f"--resume: the saved run is at step {state['step']}, nothing to do up to "
-                         f"{'--stop-at' if args.stop_at else '--steps'} {stop}")
-    # options that change neither the weights nor the random streams
-    ignored = {"resume", "out_dir", "stop_at", "pretrained", "val_dir", "val_every", "save_every", "log_every"}
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in vars(args).items()
-               if k not in ignored and saved.get(k) != v]
-    if changed:
-        notes.append("resuming with changed options (no longer bit-exact): " + "; ".join(changed))
-
-
-# ---------------------------------------------------------------------------------------
-# Logging
-# ---------------------------------------------------------------------------------------
-
-
-class RunLog:
-    """Rank 0's log: each line goes to the console (around the progress bar) and, with a
-    timestamp, to OUT/train.log. Other ranks log nothing."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.file = open(path, "a", encoding="utf-8") if path is not None else None
-
-    def __call__(self, message: str) -> None:
-        if self.file is None:
-            return
-        tqdm.write(message)
-        self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-# ---------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------
-
-
-ModelFactory = Callable[[argparse.Namespace], nn.Module]
-
-
-class Trainer:
-    """One invocation of the training loop: setup, steps, validation, saving.
-
-    ``model_factory`` builds another network from the parsed options instead of an AetherNet
-    preset (aether_bench.py trains peer architectures this way, so that they get exactly this
-    data pipeline, degradation, loss, optimiser, schedule and EMA); float training only."""
-
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        argv: Sequence[str],
-        processes: Processes,
-        model_factory: ModelFactory | None = None,
-    ) -> None:
-        self.started = time.perf_counter()
-        self.args = args
-        self.processes = processes
-        self.device = processes.device
-        self.training_command = shlex.join(["aether_train.py", *argv])
-        self.hr_patch = args.lr_patch * args.scale
-        notes: list[str] = []
-
-        # Everything that can reject the input happens before anything is written.
-        torch.manual_seed(args.seed)  # identical initial weights on every rank
-        random.seed(args.seed)
-        if model_factory is not None and (args.qat or args.qat_after is not None or args.pretrained):
-            raise InputError("--qat, --qat-after and --pretrained need an AetherNet preset, not a model factory")
-        if model_factory is not None:
-            args.preset = None  # no preset is used: the logged and saved config must not name one
-        self.model = model_factory(args) if model_factory is not None else build_model(args)
-        state, state_path = read_training_state(args.resume) if args.resume else (None, None)
-        if state is not None:
-            check_resumable(state, args, notes)
-            if state["qat"] and not is_qat(self.model):  # saved after the --qat-after switch
-                aether_arch.prepare_qat(self.model)
-        if args.pretrained and state is None:
-            load_pretrained(self.model, args.pretrained)
-        self.sampler = PatchSampler(
-            load_training_images(args.train_dir, self.hr_patch, notes), self.hr_patch, args.seed + processes.rank
-        )
-        self.val_images = load_validation_images(args.val_dir, args.scale, self.device) if args.val_dir else []
-
-        self.out_dir = Path(args.out_dir) if args.out_dir else state_path.parent
-        if processes.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log = RunLog(self.out_dir / "train.log" if processes.is_main else None)
-        self._log_config(notes)
-
-        self.model.to(self.device)
-        self.ema = ModelEMA(self.model, args.ema_decay)
-        self.amp_dtype = self._amp_dtype()
-        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.loss_fn = loss_function(args.loss)
-        self.step = 0
-        self.last_validation: dict[str, Any] | None = None
-        self.norm_frozen_from = self._norm_freeze_step()
-
-        self.optimizer, self.scheduler = make_optimizer(self.model, current_phase(args, is_qat(self.model)), args)
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.ema.module.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
-            self.step = state["step"]
-            restore_rng_states(state["rng"], self.sampler, processes, args.seed, self.step, self.log)
-            self.log(f"resumed from {state_path} at step {self.step}")
-        self.train_model: nn.Module | None = None  # the module forward goes through (DDP-wrapped)
-
-    def _log_config(self, notes: list[str]) -> None:
-        args = self.args
-        self.log(f"command: {self.training_command}")
-        self.log("config: " + json.dumps(vars(args), sort_keys=True))
-        self.log(f"model: {describe(self.model)}, {sum(p.numel() for p in self.model.parameters()):,} parameters")
-        self.log(f"data: {len(self.sampler.images)} training image(s), HR crop {self.hr_patch}x{self.hr_patch}, "
-                 f"batch {args.batch_size} per process x {self.processes.world_size} process(es); "
-                 f"{len(self.val_images)} validation image(s)")
-        self.log(f"device: {self.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
-        for note in notes:
-            self.log(f"note: {note}")
-        if args.amp and self.device.type != "cuda":
-            self.log("note: --amp is ignored on CPU (autocast is used on CUDA only)")
-        if args.resume and args.pretrained:
-            self.log("note: --pretrained is ignored when resuming (weights come from the saved state)")
-        if not self.val_images:
-            self.log("note: no --val-dir, so no validation")
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        if not self.args.amp or self.device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-    def _norm_freeze_step(self) -> int:
-        """First step whose BatchNorms use running statistics (the float phase's last part)."""
-        float_end = self.args.qat_after or self.args.steps
-        return float_end - round(self.args.freeze_norm_frac * float_end)
-
-    def switch_to_qat(self) -> None:
-        """--qat-after: the same run continues in QAT form (model and EMA) with a new optimizer
-        and schedule over the parameters the fused, quantized model has now."""
-        aether_arch.prepare_qat(self.model)
-        self.ema.switch_to_qat()
-        phase = current_phase(self.args, qat=True)
-        self.optimizer, self.scheduler = make_optimizer(self.model, phase, self.args)
-        self.train_model = None
-        self.log(f"after step {self.step}: switched to QAT ({describe(self.model)}), lr {phase.lr:g} "
-                 f"cosine to {self.args.min_lr:g} over {phase.end_step - phase.first_step} steps")
-
-    def train_step(self) -> torch.Tensor:
-        args = self.args
-        freeze_norm = not is_qat(self.model) and self.step >= self.norm_frozen_from
-        if freeze_norm and self.step == self.norm_frozen_from:
-            self.log(f"after step {self.step}: BatchNorm layers use their running statistics "
-                     "(eval mode) for the rest of float training")
-        set_training_mode(self.model, freeze_norm)
-        hr_batch = self.sampler.sample(args.batch_size).to(self.device)
-        lr_batch = bicubic_downscale(hr_batch, args.scale)
-        if is_qat(self.model) and not aether_arch.is_calibrated(self.model):
-            initialise_quantizer_ranges(self.model, lr_batch)
-            self.train_model = None
-        if self.train_model is None:
-            self.train_model = wrap_for_training(self.model, self.processes)
-
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            sr_batch = self.train_model(lr_batch)
-        loss = self.loss_fn(sr_batch.float(), hr_batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.grad_scaler.scale(loss).backward()
-        if args.grad_clip > 0:
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
-        self.scheduler.step()
-        self.step += 1
-        self.ema.update(self.model, self.step)
-        return loss.detach()
-
-    def run_validation(self) -> None:
-        if not self.val_images or not self.processes.is_main:
-            return
-        result = validate(self.ema.module, self.val_images, self.args.scale)
-        self.last_validation = result
-        images = ", ".join(f"{name} {m:.2f}/{b:.2f}" for name, (m, b) in result["per_image"].items())
-        self.log(f"step {self.step}: validation PSNR (EMA model) {result['psnr']:.3f} dB, bicubic "
-                 f"{result['bicubic_psnr']:.3f} dB, gain {result['psnr'] - result['bicubic_psnr']:+.3f} dB "
-                 f"[{images}]")
-
-    def save(self) -> None:
-        sampler_states = gather_sampler_states(self.sampler, self.processes)  # collective
-        if not self.processes.is_main:
-            return
-        extra: dict[str, Any] = {
-            "step": self.step,
-            "training_command": self.training_command,
-            "world_size": self.processes.world_size,
-            "degradation": "aether_data.bicubic_downscale",
-        }
-        if self.last_validation is not None:
-            extra["val_psnr"] = round(self.last_validation["psnr"], 4)
-            extra["val_bicubic_psnr"] = round(self.last_validation["bicubic_psnr"], 4)
-        weights = {
-            "params": plain_state_dict(self.model),
-            "params_ema": plain_state_dict(self.ema.module),
-            "metadata": json.dumps(weights_metadata(self.model, **extra), sort_keys=True),
-        }
-        save_atomically(weights, self.out_dir / f"net_g_{self.step}.pth")
-        save_atomically(weights, self.out_dir / "net_g_latest.pth")
-        state = {
-            "format": TRAINING_STATE_FORMAT,
-            "step": self.step,
-            "qat": is_qat(self.model),
-            "config": json.dumps(vars(self.args), sort_keys=True),
-            "model": plain_state_dict(self.model),
-            "ema": plain_state_dict(self.ema.module),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.grad_scaler.state_dict(),
-            "rng": rng_states(sampler_states),
-        }
-        save_atomically(state, self.out_dir / TRAINING_STATE_NAME)
-        self.log(f"step {self.step}: saved net_g_{self.step}.pth, net_g_latest.pth, {TRAINING_STATE_NAME}")
-
-    def run(self) -> None:
-        args = self.args
-        stop = args.stop_at or args.steps
-        train_seconds, first_step = 0.0, self.step
-        loss_sum, loss_count = torch.zeros((), device=self.device), 0  # summed on the device: no sync per step
-        bar = tqdm(total=stop, initial=self.step, unit="it", dynamic_ncols=True,
-                   disable=not self.processes.is_main)
-        try:
-            while self.step < stop:
-                tick = time.perf_counter()
-                if args.qat_after is not None and self.step == args.qat_after and not is_qat(self.model):
-                    self.switch_to_qat()
-                loss = self.train_step()
-                loss_sum, loss_count = loss_sum + loss, loss_count + 1
-                bar.update(1)
-                if self.step % 10 == 0:  # .item() waits for the device: not every step
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-                train_seconds += time.perf_counter() - tick
-                if self.step % args.log_every == 0:
-                    self.log(f"step {self.step}/{args.steps}: loss {loss_sum.item() / loss_count:.5f} "
-                             f"(rank 0's batches), lr {self.scheduler.get_last_lr()[0]:.3g}, "
-                             f"{(self.step - first_step) / train_seconds:.2f} it/s")
-                    loss_sum, loss_count = torch.zeros_like(loss_sum), 0
-                if (args.val_every and self.step % args.val_every == 0) or self.step == stop:
-                    self.run_validation()
-                if (args.save_every and self.step % args.save_every == 0) or self.step == stop:
-                    self.save()
-        finally:
-            bar.close()
-        wall = time.perf_counter() - self.started
-        self.log(f"finished step {self.step}/{args.steps}: {self.step - first_step} steps in "
-                 f"{train_seconds:.1f} s of training steps ({(self.step - first_step) / train_seconds:.2f} it/s); "
-                 f"wall time {wall:.1f} s including loading, validation and saving")
-
-    def close(self) -> None:
-        self.log.close()
+        seed_everything(options.seed)
+        model = build_model(options)
+        if options.pretrained and options.resume is None:  # resuming: the weights are in the state
+            load_pretrained(model, options.pretrained)
+        trainer = Trainer(model, options, processes, command=shlex.join([PROG, *argv]), policy=AETHERNET)
+        trainer.run()
+        return 0
+    finally:
+        if trainer is not None:
+            trainer.close()
+        if processes.distributed:
+            dist.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    processes = None
-    trainer = None
-    try:
-        args = parse_args(argv)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        processes = start_processes(args.device)
-        trainer = Trainer(args, argv, processes)
-        trainer.run()
-        return 0
-    except (InputError, ImageFolderError) as exc:
-        print(f"aether_train.py: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if trainer is not None:
-            trainer.close()
-        if processes is not None and processes.distributed:
-            dist.destroy_process_group()
+    return run_cli(PROG, parse_args, lambda options: train(options, argv), argv)
 
 
 if __name__ == "__main__":

@@ -54,26 +54,24 @@ from aether_arch import (
     error_summary,
     read_checkpoint,
 )
-from aether_data import (
-    IMAGE_SUFFIXES,
-    ImageFolderError,
-    ImageReadError,
+from aether_cli import (
     InputError,
     OneLineErrorParser,
-    image_files,
-    read_raw_image,
-    whole_number,
-    write_raw_image,
-)
-from aether_release import (
-    Upscaler,
     describe_exception,
+    prepare_output_dir,
+    run_cli,
+    warn,
+    whole_number,
+)
+from aether_data import IMAGE_SUFFIXES, ImageReadError, image_files, read_raw_image, write_raw_image
+from aether_runtime import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    Upscaler,
     onnx_providers,
     onnx_runtime,
-    prepare_output_dir,
     pytorch_runtime,
     resolve_device,
-    warn,
 )
 
 PROG = "aether_upscale.py"
@@ -87,7 +85,6 @@ OUTPUT_SUFFIX = ".png"
 # The probe that checks a model's scale and channels before any image is read; not square,
 # so that a model that swaps height and width is caught too.
 PROBE_HEIGHT, PROBE_WIDTH = 16, 24
-CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,10 +98,10 @@ class Runner:
 
     label: str  # the runtime, e.g. "ONNX Runtime CPU"
     scale: int
-    upscale: Upscaler  # on torch tensors, as aether_release validates artifacts
+    upscale: Upscaler  # the one aether_release validates the file with
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
-        return self.upscale(torch.from_numpy(lr)).numpy()
+        return self.upscale(lr)
 
 
 def open_runner(model_path: str, *, device: str = "auto", threads: int = 0) -> Runner:
@@ -418,16 +415,8 @@ def upscale_all(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit code (--help exits through SystemExit)."""
-    parser = build_parser()
-    try:
-        return upscale_all(parser.parse_args(argv))
-    except (InputError, ImageFolderError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # outputs are written atomically: nothing half-written is left
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    """The command line; returns the exit code."""
+    return run_cli(PROG, build_parser().parse_args, upscale_all, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,17 @@ from test_train import _write_folder  # smooth synthetic images
 from torch import nn
 
 import aether_bench
+import aether_bench_report
 from aether_arch import PRESET_FACTORIES
-from aether_bench import (
+from aether_bench_quality import measure_quality
+from aether_measure import macs_per_lr_pixel, parameter_count
+from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
+from aether_runtime import ort_session
+from aether_bench_report import (
     HD_LABEL,
     ORT_FP16,
     ORT_FP32,
     ORT_INT8,
-    PEERS,
     RRDB,
     CompareResults,
     QualityResult,
@@ -44,7 +48,7 @@ def test_macs_of_a_hand_made_network():
     )
     first = (8 * 4 * 4) * 3 * 3 * 3
     second = (16 * 4 * 4) * (8 // 4) * 1 * 1
-    assert aether_bench.macs_per_lr_pixel(net, size=8) == (first + second) / (8 * 8)
+    assert macs_per_lr_pixel(net, size=8) == (first + second) / (8 * 8)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -53,7 +57,7 @@ def test_macs_of_a_preset_match_its_conv_weights(fused):
     # Every conv (body, upsampler, skip) runs at LR resolution, so each weight is applied
     # once per LR pixel: the MACs per LR pixel are the number of conv weights.
     expected = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert aether_bench.macs_per_lr_pixel(model, size=5) == expected
+    assert macs_per_lr_pixel(model, size=5) == expected
 
 
 def test_readme_holds_the_generated_preset_table():
@@ -93,7 +97,7 @@ def test_readme_table_command_writes_checks_and_refuses(tmp_path):
 
 def _deploy_form(name, scale):
     with torch.device("meta"):  # shapes only: instant even for RRDB's 16.7 M parameters
-        return aether_bench.peer_deploy_form(PEERS[name].build(scale))
+        return peer_deploy_form(PEERS[name].build(scale))
 
 
 @pytest.mark.parametrize(
@@ -101,12 +105,12 @@ def _deploy_form(name, scale):
     [("SPAN-28", 0.151, 3), (RRDB, 16.7, 1)],  # NTIRE ESR baseline; ESRGAN's RRDBNet
 )
 def test_peers_have_their_published_sizes_at_x4(name, published_params_m, digits):
-    assert round(aether_bench.parameter_count(_deploy_form(name, 4)) / 1e6, digits) == published_params_m
+    assert round(parameter_count(_deploy_form(name, 4)) / 1e6, digits) == published_params_m
 
 
 def test_span_baseline_macs_match_the_published_flops():
     # NTIRE ESR baseline: 9.83 G "FLOPs" (multiply-accumulates) on a 256x256 input at x4
-    macs = aether_bench.macs_per_lr_pixel(_deploy_form("SPAN-28", 4)) * 256 * 256
+    macs = macs_per_lr_pixel(_deploy_form("SPAN-28", 4)) * 256 * 256
     assert round(macs / 1e9, 2) == 9.83
 
 
@@ -115,7 +119,7 @@ def test_span_deploy_form_computes_what_the_eval_form_computes():
     for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
         torch.nn.init.normal_(conv.weight, std=0.05)
     model.eval()
-    deployed = aether_bench.peer_deploy_form(model)
+    deployed = peer_deploy_form(model)
     assert not any(type(m).__name__ == "Conv3XC" for m in deployed.modules())
     x = torch.rand(1, 3, 12, 10)
     with torch.inference_mode():
@@ -123,20 +127,20 @@ def test_span_deploy_form_computes_what_the_eval_form_computes():
 
 
 def test_a_peer_exports_and_quantizes_through_the_shared_path():
-    model = aether_bench.peer_deploy_form(PEERS["SuperUltraCompact"].build(2))
-    fp32 = aether_bench.onnx_bytes(model)
-    int8 = aether_bench.static_int8_bytes(fp32)  # Compact's graph needs the shape-inference fallback
+    model = peer_deploy_form(PEERS["SuperUltraCompact"].build(2))
+    fp32 = onnx_bytes(model)
+    int8 = static_int8_bytes(fp32)  # Compact's graph needs the shape-inference fallback
     x = np.random.default_rng(0).random((1, 3, 20, 24), dtype=np.float32)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
-    outputs = [aether_bench.ort_session(m, 1).run(None, {"input": x})[0] for m in (fp32, int8)]
+    outputs = [ort_session(m, threads=1).run(None, {"input": x})[0] for m in (fp32, int8)]
     np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-4)
     assert outputs[1].shape == (1, 3, 40, 48)
 
 
 def test_roofline_efficiency_is_ideal_time_over_measured_time():
     # 100 K MACs per pixel x 65,536 pixels = 6.55 GMAC: 65.5 ms at 100 GMAC/s; measured twice that
-    assert aether_bench.roofline_efficiency(1e5, 65_536, 131.072, 1e11) == pytest.approx(0.5)
+    assert aether_bench_report.roofline_efficiency(1e5, 65_536, 131.072, 1e11) == pytest.approx(0.5)
 
 
 def test_roofline_passes_keep_each_stacks_fastest_time():
@@ -199,7 +203,7 @@ def _results(tiny_int8_ms, tiny_psnr_int8):
 
 
 def test_report_marks_every_missed_target_with_its_figures():
-    report = aether_bench.compare_markdown(_results(tiny_int8_ms=150.0, tiny_psnr_int8=31.5))
+    report = aether_bench_report.compare_markdown(_results(tiny_int8_ms=150.0, tiny_psnr_int8=31.5))
     targets = report.split("## Targets")[1].split("## Roofline")[0]
     assert "Missed: 4 of 4 checks." in targets
     # INT8 only 1.67x faster than FP32; slower than SPAN-28 INT8; worse PSNR; RRDB only 16.7x slower
@@ -214,19 +218,19 @@ def test_report_marks_every_missed_target_with_its_figures():
 
 def test_report_says_met_when_targets_are_met_and_round_trips_through_json():
     results = _results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0)
-    report = aether_bench.compare_markdown(results)
+    report = aether_bench_report.compare_markdown(results)
     assert "Missed: 0 of 4 checks." in report and "**MISSED**" not in report.split("## Roofline")[0]
     assert "6.25x" in report  # INT8 speed-up; aim of 3x reached
     # roofline efficiency: 160 K MACs x 65,536 px at 100 GMAC/s = 104.9 ms ideal vs 250 ms FP32
     assert "42%" in report
     restored = CompareResults.from_json(results.to_json())
-    assert aether_bench.compare_markdown(restored) == report
+    assert aether_bench_report.compare_markdown(restored) == report
     json.loads(results.to_json())
 
 
 def test_plots_are_valid_pngs(tmp_path):
-    written = aether_bench.write_plots(_results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0), tmp_path)
-    assert [p.name for p in written] == [aether_bench.SPEED_QUALITY_PNG, aether_bench.LATENCY_MACS_PNG]
+    written = aether_bench_report.write_plots(_results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0), tmp_path)
+    assert [p.name for p in written] == [aether_bench_report.SPEED_QUALITY_PNG, aether_bench_report.LATENCY_MACS_PNG]
     for path in written:
         image = cv2.imread(str(path))
         assert image is not None and image.shape == (640, 1000, 3)
@@ -240,7 +244,7 @@ def test_quality_path_trains_a_peer_and_aether_tiny_with_the_shared_trainer(tmp_
         train_dir=str(_write_folder(tmp_path / "train", [(40, 40), (48, 36)], seed=1)),
         val_dir=str(_write_folder(tmp_path / "val", [(24, 28)], seed=2)),
     )
-    quality = aether_bench.measure_quality(args, tmp_path)
+    quality = measure_quality(args, tmp_path)
     assert [r.model for r in quality.rows] == ["aether_tiny", "SuperUltraCompact"]
     for row in quality.rows:
         assert 5 < row.psnr_fp32 < 60 and 5 < row.psnr_int8 < 60 and row.int8_latency.samples_ms

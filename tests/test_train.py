@@ -221,12 +221,12 @@ def test_bad_input_exit_code_from_the_command_line(tmp_path):
 _PER_RANK_WRAPPER = """
 import sys, torch
 sys.path.insert(0, {repo!r})
-import aether_train
-close = aether_train.Trainer.close
+import aether_train, aether_training
+close = aether_training.Trainer.close
 def save_rank_weights(self):
-    torch.save(aether_train.plain_state_dict(self.model), {out!r} + f"/rank{{self.processes.rank}}.pth")
+    torch.save(aether_training.plain_state_dict(self.model), {out!r} + f"/rank{{self.processes.rank}}.pth")
     close(self)
-aether_train.Trainer.close = save_rank_weights
+aether_training.Trainer.close = save_rank_weights
 sys.exit(aether_train.main())
 """
 

@@ -1,0 +1,210 @@
+"""The quality half of ``aether_bench.py compare``: PSNR at equal training budget (AetherNet
+and its peers trained by aether_train.py's training loop with the same data, degradation, loss,
+schedule and number of steps, then run in ONNX Runtime in FP32 and INT8), and QAT on the
+shipped sample (FP32 vs QAT-INT8 vs PTQ-INT8, made as aether_release.py makes them, and the
+cost of a QAT training step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from aether_arch import PRESET_FACTORIES, float_copy, load_model, onnx_model_proto, prepare_qat
+from aether_bench_report import AETHER_INT8, PEER_INT8, QatResult, QualityResult, QualityRow, Timing
+from aether_data import bicubic_upscale, evaluation_pair, list_images, psnr, read_image, to_image
+from aether_measure import macs_per_lr_pixel, parameter_count, time_interleaved, time_sessions
+from aether_peers import CALIBRATION_INPUTS, PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
+from aether_runtime import CPU_PROVIDER, Upscaler, calibration_batches, int8_model, onnx_models, onnx_runtime, ort_session
+from aether_training import AetherNetPolicy, Processes, Trainer, TrainingOptions, TrainingPolicy, seed_everything
+
+QAT_SHARE = 0.2  # aether_tiny's last fifth of the training budget is QAT
+
+
+# ---------------------------------------------------------------------------------------
+# Held-out images
+# ---------------------------------------------------------------------------------------
+
+
+def held_out_pairs(folder: str, scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, LR batch, HR image) for every image: HR cropped to a multiple of scale, LR by the
+    project's bicubic degradation (the one training and the release quality check use)."""
+    pairs = []
+    for path in list_images(folder):
+        hr, lr, _ = evaluation_pair(read_image(path)[0], scale)
+        pairs.append((path.name, lr.numpy(), hr))
+    return pairs
+
+
+def psnr_per_image(upscale: Upscaler, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int) -> list[float]:
+    """PSNR (RGB, 8-bit, border = scale) of ``upscale`` on every (name, LR, HR) pair."""
+    return [psnr(to_image(upscale(lr)), hr, border=scale) for _, lr, hr in pairs]
+
+
+def bicubic_upscaler(scale: int) -> Upscaler:
+    return lambda lr: bicubic_upscale(torch.from_numpy(lr), scale).numpy()
+
+
+def onnx_upscaler(model: bytes, threads: int) -> Upscaler:
+    return onnx_runtime(model, CPU_PROVIDER, threads).open()
+
+
+def calibration_crops(folder: str, scale: int, lr_size: int = 96) -> list[np.ndarray]:
+    """LR centre crops of the first training images (the project's bicubic degradation): the
+    real-image calibration set of the peers' static INT8."""
+    lrs = [evaluation_pair(read_image(path)[0], scale)[1] for path in list_images(folder)[:CALIBRATION_INPUTS]]
+    return [crop.numpy() for crop in calibration_batches(lrs, lr_size)]
+
+
+def qat_switch_step(steps: int) -> int:
+    return min(steps - 1, max(1, round(steps * (1 - QAT_SHARE))))
+
+
+def training_options(name: str, args: argparse.Namespace, out_dir: Path) -> TrainingOptions:
+    """The same training options for every model; AetherNet presets switch to QAT for the last
+    QAT_SHARE of the same number of steps."""
+    aether = name in PRESET_FACTORIES
+    return TrainingOptions(
+        train_dir=[args.train_dir], steps=args.budget, scale=args.quality_scale, lr_patch=args.lr_patch,
+        batch_size=args.batch_size, lr=args.lr, threads=args.threads, seed=0, val_every=0, save_every=0,
+        log_every=max(1, args.budget // 10), out_dir=str(out_dir),
+        preset=name if aether else None, qat_after=qat_switch_step(args.budget) if aether else None,
+    ).check()
+
+
+def run_trainer(name: str, options: TrainingOptions) -> Trainer:
+    """Train ``name`` (a preset or a peer) with aether_train.py's training loop."""
+    seed_everything(options.seed)
+    if name in PRESET_FACTORIES:
+        model, policy = PRESET_FACTORIES[name](scale=options.scale), AetherNetPolicy()
+        command = shlex.join(["aether_train.py", *options.flags()])
+    else:
+        model, policy = PEERS[name].build(options.scale), TrainingPolicy()
+        command = f"aether_bench.py compare, {name} with the aether_train.py options: {shlex.join(options.flags())}"
+    trainer = Trainer(model, options, Processes(0, 1, torch.device("cpu")), command=command, policy=policy)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return trainer
+
+
+def train_and_export(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[nn.Module, bytes, bytes, str, float]:
+    """Train ``name``; (deploy-form model, FP32 ONNX, INT8 ONNX, which weights the FP32 figure
+    is of, training wall seconds)."""
+    options = training_options(name, args, run_dir)
+    start = time.perf_counter()
+    if name in PRESET_FACTORIES:
+        switch = options.qat_after
+        float_model = float_copy(run_trainer(name, dataclasses.replace(options, stop_at=switch)).ema.module)
+        qat_model = run_trainer(name, dataclasses.replace(options, resume=str(run_dir))).ema.module
+        seconds = time.perf_counter() - start
+        protos = onnx_models(float_model, qat_model, fp16=False)
+        source = f"float EMA at the QAT switch (step {switch})"
+        return float_model, protos["fp32"].SerializeToString(), protos["int8"].SerializeToString(), source, seconds
+    trained = run_trainer(name, options).ema.module
+    seconds = time.perf_counter() - start
+    deployed = peer_deploy_form(trained)
+    fp32_model = onnx_bytes(deployed)
+    int8 = static_int8_bytes(fp32_model, calibration_crops(args.train_dir, args.quality_scale))
+    return deployed, fp32_model, int8, f"EMA after {args.budget} steps", seconds
+
+
+def measure_quality(args: argparse.Namespace, out_dir: Path) -> QualityResult:
+    scale = args.quality_scale
+    pairs = held_out_pairs(args.val_dir, scale)
+    bicubic = statistics.fmean(psnr_per_image(bicubic_upscaler(scale), pairs, scale))
+    rows, int8_sessions = [], {}
+    logs = out_dir / "train_logs"
+    logs.mkdir(exist_ok=True)
+    for name in args.quality_models:
+        with tempfile.TemporaryDirectory(prefix="aether_bench_train_") as run_dir:
+            model, fp32_model, int8, source, seconds = train_and_export(name, args, Path(run_dir))
+            (logs / f"{name}.log").write_bytes((Path(run_dir) / "train.log").read_bytes())
+        print(f"[compare] trained {name} in {seconds:.0f} s", file=sys.stderr, flush=True)
+        int8_sessions[name] = ort_session(int8, threads=args.threads)
+        rows.append(
+            QualityRow(
+                model=name,
+                params=parameter_count(model),
+                macs_per_lr_pixel=macs_per_lr_pixel(model),
+                train_s=seconds,
+                psnr_fp32=statistics.fmean(psnr_per_image(onnx_upscaler(fp32_model, args.threads), pairs, scale)),
+                psnr_int8=statistics.fmean(psnr_per_image(onnx_upscaler(int8, args.threads), pairs, scale)),
+                int8_method=AETHER_INT8 if name in PRESET_FACTORIES else PEER_INT8,
+                fp32_source=source,
+                int8_latency=Timing(()),
+            )
+        )
+    image = np.random.default_rng(1).random((1, 3, args.size, args.size), dtype=np.float32)
+    latencies = time_sessions(int8_sessions, image, args.repeats, args.budget_s)
+    for row in rows:
+        row.int8_latency = latencies[row.model]
+    shared = training_options("peer", args, Path("RUN_DIR"))
+    training = shlex.join(dataclasses.replace(shared, out_dir=None).flags())
+    return QualityResult(scale, args.budget, training, [name for name, _, _ in pairs], bicubic, args.size, rows,
+                         qat_switch_step(args.budget))
+
+
+# QAT: the shipped sample's INT8 quality, and the cost of a QAT step -------------------------
+
+
+def qat_step_timings(args: argparse.Namespace) -> tuple[str, Timing, Timing]:
+    """(setup, float step, QAT step): training steps of aether_tiny x2 in its training form and
+    in its QAT form on the same batch, interleaved."""
+    torch.manual_seed(0)
+    float_model = PRESET_FACTORIES["aether_tiny"](scale=2).train()
+    qat_model = prepare_qat(copy.deepcopy(float_model)).train()
+    lr_batch, hr_batch = torch.rand(16, 3, 48, 48), torch.rand(16, 3, 96, 96)
+    qat_model(lr_batch)  # sets the activation ranges (first-batch initialisation)
+
+    def step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        loss = (model(lr_batch) - hr_batch).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    runners = {
+        name: functools.partial(step, model, torch.optim.AdamW(model.parameters(), 1e-4))
+        for name, model in (("float", float_model), ("qat", qat_model))
+    }
+    timings = time_interleaved(runners, rounds=args.repeats, budget_s=2 * args.budget_s)
+    setup = f"aether_tiny ×2, batch 16 × 48×48 LR patches, {torch.get_num_threads()} CPU threads"
+    return setup, timings["float"], timings["qat"]
+
+
+def measure_qat(args: argparse.Namespace) -> QatResult:
+    """FP32, QAT-INT8 and PTQ-INT8 of the sample checkpoints, made as aether_release.py makes
+    them and run in ONNX Runtime; then the QAT step cost."""
+    float_model, qat_model = load_model(args.float_checkpoint), load_model(args.qat_checkpoint)
+    scale = float_model.scale
+    pairs = held_out_pairs(args.val_dir, scale)
+    calibration = calibration_batches(torch.from_numpy(lr) for _, lr, _ in held_out_pairs(args.calibration_dir, scale))
+    fp32 = float_copy(float_model)
+    ptq, _ = int8_model(float_model, fp32, profile="cpu", calibration=calibration)
+    qat, _ = int8_model(qat_model, float_copy(qat_model), profile="cpu", calibration=[])
+    protos = {"FP32": onnx_models(fp32, fp16=False)["fp32"], "QAT-INT8": onnx_model_proto(qat),
+              "PTQ-INT8": onnx_model_proto(ptq)}
+    upscalers = {"bicubic": bicubic_upscaler(scale)}
+    upscalers.update({name: onnx_upscaler(proto.SerializeToString(), args.threads) for name, proto in protos.items()})
+    setup, float_step, qat_step = qat_step_timings(args)
+    return QatResult(
+        scale=scale, float_checkpoint=args.float_checkpoint, qat_checkpoint=args.qat_checkpoint, val_dir=args.val_dir,
+        calibration=f"LR crops of the {len(calibration)} images of `{args.calibration_dir}`",
+        images=[name for name, _, _ in pairs],
+        psnr={name: psnr_per_image(upscale, pairs, scale) for name, upscale in upscalers.items()},
+        step_setup=setup, float_step=float_step, qat_step=qat_step,
+    )

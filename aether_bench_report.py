@@ -1,0 +1,769 @@
+"""The report of ``aether_bench.py compare``: what a run measured (the dataclasses saved as
+benchmarks_results.json), the verdict on every target, the Markdown report and its two plots.
+
+Everything here reads only the results: ``python3 aether_bench.py compare --out DIR
+--render-only`` rebuilds DIR/benchmarks.md and the plots from DIR/benchmarks_results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from aether_arch import PRESET_FACTORIES, atomic_write
+from aether_cli import markdown_table
+
+# Targets: reported (MISSED where missed), never asserted by tests.
+INT8_SPEEDUP_TARGET = 2.0
+INT8_SPEEDUP_AIM = 3.0
+FUSION_SPEEDUP_TARGET = 1.5
+RRDB_SPEEDUP_TARGET = 50.0
+QAT_GAP_TARGET_DB, QAT_GAP_AIM_DB = 0.15, 0.05  # QAT-INT8 below FP32
+
+# What is measured, and on which input
+ORT_FP32, ORT_FP16, ORT_INT8 = "ORT FP32", "ORT FP16", "ORT INT8"
+TORCH_TRAINING_FORM, TORCH_FUSED, TORCH_INT8 = "torch training form", "torch fused", "torch INT8 .pth"
+HD_HEIGHT, HD_WIDTH = 720, 1280
+HD_LABEL = "1280×720"
+HD_TILE, HD_TILE_OVERLAP = 256, 16
+# PyTorch rows use a smaller input: the INT8 .pth path is a bit-exact reference about 10x
+# slower than FP32 PyTorch (about 2 minutes per 256x256 run for aether_large here).
+TORCH_SIZE = 128
+AETHER_INT8 = "QAT Q/DQ export"
+PEER_INT8 = "ORT static PTQ"
+RRDB = "RRDB (ESRGAN)"
+SPAN_BASELINE = "SPAN-28"
+
+RESULTS_JSON = "benchmarks_results.json"
+REPORT_NAME = "benchmarks.md"
+SPEED_QUALITY_PNG = "benchmarks_speed_quality.png"
+LATENCY_MACS_PNG = "benchmarks_latency_vs_macs.png"
+
+
+def measurement(fmt: str, input_label: str) -> str:
+    return f"{fmt} @ {input_label}"
+
+
+def square_label(size: int) -> str:
+    return f"{size}×{size}"
+
+
+# ---------------------------------------------------------------------------------------
+# What a run measured
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latencies of one measured runner, in milliseconds."""
+
+    samples_ms: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    def __str__(self) -> str:
+        return f"{self.median:.1f} ({min(self.samples_ms):.1f}-{max(self.samples_ms):.1f})"
+
+
+@dataclass
+class SpeedRow:
+    """Everything measured for one model at one scale."""
+
+    model: str
+    family: str  # "AetherNet" or "peer"
+    scale: int
+    params: int  # deploy form
+    macs_per_lr_pixel: float  # deploy form
+    int8_method: str
+    timings: dict[str, Timing] = field(default_factory=dict)  # by measurement()
+    left_out: dict[str, str] = field(default_factory=dict)  # measurement -> why
+    lr_pixels: dict[str, int] = field(default_factory=dict)  # input label -> LR pixels per run
+    others_cpu_share: float = float("nan")
+
+    def median(self, fmt: str, input_label: str) -> float | None:
+        timing = self.timings.get(measurement(fmt, input_label))
+        return None if timing is None else timing.median
+
+    def fastest(self, input_label: str) -> tuple[str, float] | None:
+        """(format, median ms) of the fastest ONNX Runtime format at ``input_label``."""
+        medians = [(self.median(f, input_label), f) for f in (ORT_FP32, ORT_FP16, ORT_INT8)]
+        measured = [(ms, f) for ms, f in medians if ms is not None]
+        return None if not measured else min(measured)[::-1]
+
+
+@dataclass
+class Roofline:
+    """This machine's peak convolution throughput in ONNX Runtime, measured in passes spread
+    over the run: other processes slow some passes down, and a peak must be the best the
+    machine can do, so each conv stack keeps its fastest pass."""
+
+    macs: dict[str, float]  # per conv stack ("FORMAT: description")
+    timings: dict[str, Timing]  # per conv stack, its fastest pass
+    others_cpu_shares: list[float]  # per pass
+
+    def peak(self, fmt: str) -> float:
+        """Best MACs per second of ``fmt``'s stacks (FP16 and PyTorch: the FP32 peak)."""
+        fmt = ORT_INT8 if fmt == ORT_INT8 else ORT_FP32
+        return max(self.macs[n] / (t.median / 1e3) for n, t in self.timings.items() if n.startswith(f"{fmt}:"))
+
+    def merged(self, later: "Roofline") -> "Roofline":
+        timings = {n: min(t, later.timings[n], key=lambda timing: timing.median) for n, t in self.timings.items()}
+        return Roofline(self.macs, timings, self.others_cpu_shares + later.others_cpu_shares)
+
+
+def roofline_efficiency(macs_per_pixel: float, lr_pixels: int, median_ms: float, peak_macs_per_s: float) -> float:
+    """The time the MACs would take at this machine's peak, divided by the measured time."""
+    return macs_per_pixel * lr_pixels / peak_macs_per_s / (median_ms / 1e3)
+
+
+@dataclass
+class QualityRow:
+    model: str
+    params: int  # deploy form
+    macs_per_lr_pixel: float
+    train_s: float  # wall time of all training steps (incl. loading and saving)
+    psnr_fp32: float  # ONNX Runtime, held-out images
+    psnr_int8: float
+    int8_method: str
+    fp32_source: str  # which weights the FP32 figure is of
+    int8_latency: Timing  # ORT INT8, 1x3xSxS
+
+
+@dataclass
+class QualityResult:
+    scale: int
+    steps: int
+    training: str  # the shared aether_train.py options
+    val_images: list[str]
+    bicubic_psnr: float
+    input_size: int
+    rows: list[QualityRow]
+    qat_after: int | None = None  # AetherNet presets: the step where training switched to QAT
+
+
+@dataclass
+class QatResult:
+    """QAT's promise on the shipped sample: PSNR of FP32, QAT-INT8 and PTQ-INT8 (all in ONNX
+    Runtime) and what a QAT training step costs next to a float one."""
+
+    scale: int
+    float_checkpoint: str
+    qat_checkpoint: str
+    val_dir: str
+    calibration: str  # what PTQ was calibrated on
+    images: list[str]
+    psnr: dict[str, list[float]]  # per method ("bicubic", "FP32", "QAT-INT8", "PTQ-INT8"), per image
+    step_setup: str  # model, batch, threads of the step timing
+    float_step: Timing
+    qat_step: Timing
+
+    def mean(self, method: str) -> float:
+        return statistics.fmean(self.psnr[method])
+
+
+@dataclass
+class CompareResults:
+    meta: dict[str, Any]  # command, machine, versions, options, wall time
+    roofline: Roofline | None = None
+    speed: list[SpeedRow] = field(default_factory=list)
+    quality: QualityResult | None = None
+    # per scale ("2", "4"): every model's INT8 ONNX timed in one interleaved group, so that
+    # comparisons across models see the same machine load
+    head_to_head: dict[str, dict[str, Timing]] = field(default_factory=dict)
+    qat: QatResult | None = None
+
+    def int8_head_to_head(self, model: str, scale: int) -> float | None:
+        timing = self.head_to_head.get(str(scale), {}).get(model)
+        return None if timing is None else timing.median
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CompareResults":
+        return _from_json(cls, json.loads(text))
+
+
+def _from_json(kind: Any, value: Any) -> Any:
+    """``value``, parsed JSON, as the type ``kind``: a dataclass field by field (fields missing
+    from older files keep their defaults), containers item by item, X | None as X or None."""
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        fields = [f.name for f in dataclasses.fields(kind) if f.name in value]
+        return kind(**{name: _from_json(hints[name], value[name]) for name in fields})
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in args if a is not type(None)]
+        return None if value is None else _from_json(inner, value)
+    if origin is dict:
+        return {key: _from_json(args[1], item) for key, item in value.items()}
+    if origin is list:
+        return [_from_json(args[0], item) for item in value]
+    if origin is tuple:
+        return tuple(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Finding:
+    met: bool | None  # None: not measured in this run
+    text: str
+
+    def __str__(self) -> str:
+        verdict = {True: "met", False: "**MISSED**", None: "not measured"}[self.met]
+        return f"{verdict}: {self.text}"
+
+
+def find_row(rows: Sequence[SpeedRow], model: str, scale: int) -> SpeedRow | None:
+    return next((r for r in rows if r.model == model and r.scale == scale), None)
+
+
+# ---------------------------------------------------------------------------------------
+# Verdicts and tables
+# ---------------------------------------------------------------------------------------
+
+
+def speedup_cell(ratio: float, target: float) -> str:
+    cell = f"{ratio:.2f}x"
+    return cell if ratio >= target else f"{cell} **MISSED** (target {target:.1f}x)"
+
+
+def fastest_for_comparison(results: CompareResults, row: SpeedRow, size: int) -> tuple[str, float] | None:
+    """(format, median ms) of ``row``'s fastest format; when that is INT8, its time in the
+    head-to-head group (timed interleaved with the other models)."""
+    fastest = row.fastest(square_label(size))
+    interleaved = results.int8_head_to_head(row.model, row.scale)
+    if fastest is not None and fastest[0] == ORT_INT8 and interleaved is not None:
+        return ORT_INT8, interleaved
+    return fastest
+
+
+def int8_fastest_findings(results: CompareResults, size: int) -> list[Finding]:
+    """INT8 ONNX is the fastest format of every preset and >= 2x faster than FP32 ONNX."""
+    findings = []
+    square = square_label(size)
+    for row in (r for r in results.speed if r.family == "AetherNet"):
+        fastest = row.fastest(square)
+        fp32, int8 = row.median(ORT_FP32, square), row.median(ORT_INT8, square)
+        if fastest is None or fp32 is None or int8 is None:
+            continue
+        ratio = fp32 / int8
+        others = [f"{f} {row.median(f, square):.1f} ms" for f in (ORT_FP32, ORT_FP16) if row.median(f, square)]
+        text = (
+            f"`{row.model}` ×{row.scale} at {square}: INT8 {int8:.1f} ms vs {', '.join(others)}: "
+            f"{ratio:.2f}× faster than FP32 (target {INT8_SPEEDUP_TARGET:.0f}×, aim {INT8_SPEEDUP_AIM:.0f}×: "
+            f"{'reached' if ratio >= INT8_SPEEDUP_AIM else 'not reached'})"
+        )
+        met = fastest[0] == ORT_INT8 and ratio >= INT8_SPEEDUP_TARGET
+        for label in (HD_LABEL, square_label(TORCH_SIZE)):
+            int8_other = row.median(ORT_INT8, label)
+            slower = [(f, ms) for f in (ORT_FP32, TORCH_TRAINING_FORM, TORCH_FUSED, TORCH_INT8) if (ms := row.median(f, label))]
+            if int8_other is not None and slower:
+                text += f"; at {label}: INT8 {int8_other:.1f} ms vs " + ", ".join(f"{f} {ms:.1f} ms" for f, ms in slower)
+                met = met and all(int8_other < ms for _, ms in slower)
+        if fastest[0] != ORT_INT8:
+            text += f"; the fastest format is {fastest[0]}"
+        findings.append(Finding(met, text))
+    return findings
+
+
+def span_findings(results: CompareResults, size: int) -> list[Finding]:
+    """aether_tiny INT8 is faster than SPAN-28 INT8, with equal or better PSNR at equal budget."""
+    findings = []
+    square = square_label(size)
+    scales = sorted({r.scale for r in results.speed})
+    for scale in scales:
+        tiny, span = find_row(results.speed, "aether_tiny", scale), find_row(results.speed, SPAN_BASELINE, scale)
+        if tiny is None or span is None:
+            findings.append(Finding(None, f"speed ×{scale}: aether_tiny or {SPAN_BASELINE} not measured"))
+            continue
+        tiny_ms, span_ms = results.int8_head_to_head("aether_tiny", scale), results.int8_head_to_head(SPAN_BASELINE, scale)
+        source = "timed interleaved"
+        if tiny_ms is None or span_ms is None:
+            tiny_ms, span_ms, source = tiny.median(ORT_INT8, square), span.median(ORT_INT8, square), "separate rows"
+        findings.append(
+            Finding(
+                tiny_ms < span_ms,
+                f"speed ×{scale} at {square} ({source}): aether_tiny INT8 {tiny_ms:.1f} ms, {SPAN_BASELINE} "
+                f"INT8 {span_ms:.1f} ms (aether_tiny takes {tiny_ms / span_ms:.2f}× SPAN-28's time)",
+            )
+        )
+    quality = {r.model: r for r in results.quality.rows} if results.quality else {}
+    if "aether_tiny" in quality and SPAN_BASELINE in quality:
+        tiny, span = quality["aether_tiny"], quality[SPAN_BASELINE]
+        findings.append(
+            Finding(
+                tiny.psnr_int8 >= span.psnr_int8,
+                f"quality ×{results.quality.scale} after {results.quality.steps} steps each: aether_tiny INT8 "
+                f"{tiny.psnr_int8:.3f} dB, {SPAN_BASELINE} INT8 {span.psnr_int8:.3f} dB "
+                f"({tiny.psnr_int8 - span.psnr_int8:+.3f} dB; FP32: {tiny.psnr_fp32:.3f} vs "
+                f"{span.psnr_fp32:.3f} dB)",
+            )
+        )
+    else:
+        findings.append(Finding(None, f"quality: aether_tiny and {SPAN_BASELINE} were not both trained"))
+    return findings
+
+
+def rrdb_findings(results: CompareResults, size: int) -> list[Finding]:
+    """Every preset in its fastest format is >= 50x faster than RRDB in its fastest format."""
+    findings = []
+    square = square_label(size)
+    for row in (r for r in results.speed if r.family == "AetherNet"):
+        rrdb = find_row(results.speed, RRDB, row.scale)
+        if rrdb is None or rrdb.fastest(square) is None or row.fastest(square) is None:
+            findings.append(Finding(None, f"`{row.model}` ×{row.scale}: {RRDB} not measured"))
+            continue
+        (fmt, ms), (rrdb_fmt, rrdb_ms) = fastest_for_comparison(results, row, size), fastest_for_comparison(results, rrdb, size)
+        ratio = rrdb_ms / ms
+        findings.append(
+            Finding(
+                ratio >= RRDB_SPEEDUP_TARGET,
+                f"`{row.model}` ×{row.scale} at {square}: {fmt} {ms:.1f} ms vs RRDB {rrdb_fmt} "
+                f"{rrdb_ms:.1f} ms: {ratio:.1f}×",
+            )
+        )
+    return findings
+
+
+def timing_cell(row: SpeedRow, fmt: str, input_label: str) -> str:
+    key = measurement(fmt, input_label)
+    if key in row.timings:
+        return str(row.timings[key])
+    return row.left_out.get(key, "—")
+
+
+def efficiency_cell(row: SpeedRow, fmt: str, input_label: str, roofline: Roofline | None) -> str:
+    median = row.median(fmt, input_label)
+    if median is None or roofline is None:
+        return "—"
+    return f"{roofline_efficiency(row.macs_per_lr_pixel, row.lr_pixels[input_label], median, roofline.peak(fmt)):.0%}"
+
+
+def ratio_cell(numerator: float | None, denominator: float | None, target: float | None) -> str:
+    if numerator is None or denominator is None:
+        return "—"
+    ratio = numerator / denominator
+    return speedup_cell(ratio, target) if target is not None else f"{ratio:.2f}x"
+
+
+def speed_table(results: CompareResults, size: int) -> str:
+    square = square_label(size)
+    header = (
+        "model", "scale", "params (M)", "MACs/LR px (K)", "ORT FP32 ms", "ORT FP16 ms",
+        "ORT INT8 ms", "INT8 from", "INT8 speed-up", "roofline FP32", "roofline INT8",
+        "fastest vs RRDB", "CPU used by others",
+    )
+    rows = []
+    for row in results.speed:
+        preset = row.family == "AetherNet"
+        rrdb = find_row(results.speed, RRDB, row.scale)
+        fastest = fastest_for_comparison(results, row, size)
+        rrdb_fastest = rrdb and fastest_for_comparison(results, rrdb, size)
+        rows.append(
+            (
+                f"`{row.model}`" if preset else row.model,
+                f"×{row.scale}",
+                f"{row.params / 1e6:.3f}",
+                f"{row.macs_per_lr_pixel / 1e3:.1f}",
+                timing_cell(row, ORT_FP32, square),
+                timing_cell(row, ORT_FP16, square),
+                timing_cell(row, ORT_INT8, square),
+                row.int8_method,
+                ratio_cell(row.median(ORT_FP32, square), row.median(ORT_INT8, square), INT8_SPEEDUP_TARGET if preset else None),
+                efficiency_cell(row, ORT_FP32, square, results.roofline),
+                efficiency_cell(row, ORT_INT8, square, results.roofline),
+                ratio_cell(rrdb_fastest and rrdb_fastest[1], fastest and fastest[1], RRDB_SPEEDUP_TARGET if preset else None),
+                f"{row.others_cpu_share:.0%}",
+            )
+        )
+    return markdown_table(header, rows)
+
+
+def head_to_head_table(results: CompareResults) -> str | None:
+    if not results.head_to_head:
+        return None
+    scales = sorted(results.head_to_head, key=int)
+    models = list(dict.fromkeys(name for scale in scales for name in results.head_to_head[scale]))
+    header = ("model", *(f"ORT INT8 ms at ×{scale}" for scale in scales))
+    rows = [
+        (
+            f"`{name}`" if name in PRESET_FACTORIES else name,
+            *(str(results.head_to_head[scale].get(name, "—")) for scale in scales),
+        )
+        for name in models
+    ]
+    return markdown_table(header, rows)
+
+
+def hd_table(results: CompareResults) -> str | None:
+    measured = [r for r in results.speed if HD_LABEL in r.lr_pixels]
+    if not measured:
+        return None
+    header = ("model", "scale", "input", "ORT FP32 ms", "ORT INT8 ms", "INT8 speed-up", "roofline FP32", "roofline INT8")
+    rows = []
+    for row in measured:
+        pixels = row.lr_pixels[HD_LABEL]
+        tiles = pixels // HD_TILE**2 if pixels != HD_HEIGHT * HD_WIDTH else 0
+        rows.append(
+            (
+                f"`{row.model}`" if row.family == "AetherNet" else row.model,
+                f"×{row.scale}",
+                f"{tiles} tiles of {square_label(HD_TILE)}" if tiles else "whole frame",
+                timing_cell(row, ORT_FP32, HD_LABEL),
+                timing_cell(row, ORT_INT8, HD_LABEL),
+                ratio_cell(row.median(ORT_FP32, HD_LABEL), row.median(ORT_INT8, HD_LABEL),
+                           INT8_SPEEDUP_TARGET if row.family == "AetherNet" else None),
+                efficiency_cell(row, ORT_FP32, HD_LABEL, results.roofline),
+                efficiency_cell(row, ORT_INT8, HD_LABEL, results.roofline),
+            )
+        )
+    return markdown_table(header, rows)
+
+
+def torch_table(results: CompareResults) -> str | None:
+    label = square_label(TORCH_SIZE)
+    measured = [r for r in results.speed if label in r.lr_pixels]
+    if not measured:
+        return None
+    header = ("preset", "scale", "torch training form ms", "torch fused ms", "fusion speed-up", "torch INT8 .pth ms", "ORT INT8 ms")
+    rows = [
+        (
+            f"`{row.model}`",
+            f"×{row.scale}",
+            timing_cell(row, TORCH_TRAINING_FORM, label),
+            timing_cell(row, TORCH_FUSED, label),
+            ratio_cell(row.median(TORCH_TRAINING_FORM, label), row.median(TORCH_FUSED, label), FUSION_SPEEDUP_TARGET),
+            timing_cell(row, TORCH_INT8, label),
+            timing_cell(row, ORT_INT8, label),
+        )
+        for row in measured
+    ]
+    return markdown_table(header, rows)
+
+
+def quality_table(quality: QualityResult) -> str:
+    header = (
+        "model", "params (M)", "MACs/LR px (K)", "training wall time", "FP32 PSNR dB (ORT)",
+        "INT8 PSNR dB (ORT)", "INT8 from", f"INT8 latency ms, {square_label(quality.input_size)} ×{quality.scale}",
+    )
+    rows = [("bicubic", "—", "—", "—", f"{quality.bicubic_psnr:.3f}", "—", "—", "—")]
+    rows += [
+        (
+            f"`{row.model}`" if row.model in PRESET_FACTORIES else row.model,
+            f"{row.params / 1e6:.3f}",
+            f"{row.macs_per_lr_pixel / 1e3:.1f}",
+            f"{row.train_s:.0f} s ({row.train_s / quality.steps:.2f} s/step)",
+            f"{row.psnr_fp32:.3f}",
+            f"{row.psnr_int8:.3f}",
+            row.int8_method,
+            str(row.int8_latency),
+        )
+        for row in quality.rows
+    ]
+    return markdown_table(header, rows)
+
+
+def qat_findings(qat: QatResult | None) -> list[Finding]:
+    """QAT-INT8 is within QAT_GAP_TARGET_DB of FP32 on the shipped sample, and better than PTQ."""
+    if qat is None:
+        return [Finding(None, "QAT on the shipped sample was not measured")]
+    gap = qat.mean("FP32") - qat.mean("QAT-INT8")
+    ptq_gap = qat.mean("FP32") - qat.mean("PTQ-INT8")
+    return [
+        Finding(
+            gap <= QAT_GAP_TARGET_DB and gap < ptq_gap,
+            f"×{qat.scale} sample: QAT-INT8 is {gap:+.3f} dB below FP32 (target ≤ {QAT_GAP_TARGET_DB} dB, aim ≤ "
+            f"{QAT_GAP_AIM_DB} dB: {'reached' if gap <= QAT_GAP_AIM_DB else 'not reached'}); PTQ-INT8 is "
+            f"{ptq_gap:+.3f} dB below FP32 (QAT better than PTQ: {'yes' if gap < ptq_gap else 'NO'})",
+        )
+    ]
+
+
+def qat_sections(qat: QatResult) -> list[str]:
+    rows = [[name, *(f"{qat.psnr[method][i]:.3f}" for method in qat.psnr)] for i, name in enumerate(qat.images)]
+    rows.append(["**mean**", *(f"**{qat.mean(method):.3f}**" for method in qat.psnr)])
+    ratio = qat.qat_step.median / qat.float_step.median
+    return [
+        "## QAT: INT8 quality on the shipped sample, and the cost of a QAT step",
+        "",
+        markdown_table(["image", *(f"{method} dB" for method in qat.psnr)], rows),
+        "",
+        f"`{qat.float_checkpoint}` (float) and `{qat.qat_checkpoint}` (its QAT fine-tune), ×{qat.scale}, "
+        f"released as aether_release.py makes them (FP32: the fused float model; QAT-INT8: the QAT "
+        f"checkpoint's own ranges; PTQ-INT8: the float model calibrated on {qat.calibration}), run in ONNX "
+        f"Runtime; PSNR: RGB, 8-bit, border {qat.scale}, held-out images of `{qat.val_dir}` (LR by "
+        "antialiased bicubic).",
+        "",
+        f"Training step ({qat.step_setup}), interleaved: float training form {qat.float_step} ms, QAT "
+        f"{qat.qat_step} ms: a QAT step costs {ratio:.2f}× a float step.",
+        "",
+    ]
+
+
+def compare_markdown(results: CompareResults) -> str:
+    meta = results.meta
+    size = meta["options"]["size"]
+    sections = [
+        "# AetherNet and its peers: speed and quality on one machine",
+        "",
+        f"Generated by `{meta['command']}` (do not edit by hand; rerun it). Started {meta['started']}, "
+        f"took {meta.get('wall_s', float('nan')) / 60:.1f} min.",
+        "",
+        f"Machine: {meta['machine']}. Versions: {meta['versions']}.",
+        "",
+    ]
+    checks = {
+        f"INT8 ONNX is the fastest format of every preset, ≥ {INT8_SPEEDUP_TARGET:.0f}× faster than FP32 ONNX "
+        f"(aim ≥ {INT8_SPEEDUP_AIM:.0f}×)": int8_fastest_findings(results, size),
+        f"`aether_tiny` INT8 is faster than {SPAN_BASELINE} INT8 at {square_label(size)}, with equal or better "
+        "PSNR at equal training budget": span_findings(results, size),
+        f"Every preset (fastest format) is ≥ {RRDB_SPEEDUP_TARGET:.0f}× faster than RRDB (fastest format) at "
+        f"{square_label(size)}": rrdb_findings(results, size),
+        f"QAT-INT8 is within {QAT_GAP_TARGET_DB} dB of FP32 on the shipped sample, and better than PTQ-INT8": (
+            qat_findings(results.qat)
+        ),
+    }
+    missed = sum(f.met is False for findings in checks.values() for f in findings)
+    judged = sum(f.met is not None for findings in checks.values() for f in findings)
+    sections += ["## Targets", "", f"Missed: {missed} of {judged} checks.", ""]
+    for target, findings in checks.items():
+        sections += [f"**{target}**", "", *(f"- {f}" for f in findings), ""]
+    if results.roofline is not None:
+        roofline = results.roofline
+        sections += [
+            "## Roofline of this machine",
+            "",
+            f"Peak measured in this run: FP32 {roofline.peak(ORT_FP32) / 1e9:.0f} GMAC/s, INT8 "
+            f"{roofline.peak(ORT_INT8) / 1e9:.0f} GMAC/s (ONNX Runtime, {meta['options']['threads']} threads; "
+            f"best of the dense conv stacks below, each timed in {len(roofline.others_cpu_shares)} passes "
+            "spread over the run, the fastest kept; CPU used by others during the passes: "
+            f"{', '.join(f'{share:.0%}' for share in roofline.others_cpu_shares)}). A row's roofline "
+            "efficiency is (its MACs ÷ peak) ÷ its time; FP16 rows are judged against the FP32 peak. An "
+            "efficiency above 100% means the peak was measured while other processes took CPU time and is "
+            "too low.",
+            "",
+            markdown_table(
+                ("conv stack", "GMAC per run", "ms", "GMAC/s"),
+                [
+                    (name, f"{roofline.macs[name] / 1e9:.2f}", str(t), f"{roofline.macs[name] / t.median / 1e6:.0f}")
+                    for name, t in roofline.timings.items()
+                ],
+            ),
+            "",
+        ]
+    if results.speed:
+        sections += [
+            f"## Speed at {square_label(size)} (ONNX Runtime CPU)",
+            "",
+            speed_table(results, size),
+            "",
+            "Latency: median (min-max) ms of one 1×3×H×W run; the formats of one model run alternately "
+            "(interleaved), after one warm-up run each; slow models get fewer rounds (at least 3). "
+            "INT8 from: AetherNet rows time the release INT8 (the Q/DQ export of the QAT model, ranges "
+            "calibrated on smooth random images: speed does not depend on the values); peers are "
+            "quantized with ONNX Runtime `quantize_static` (QDQ, per-channel int8 weights, uint8 "
+            "activations). Peers have no FP16 row: FP16 ONNX runs at FP32 speed on this CPU (see the "
+            "AetherNet rows). Params and MACs are of the deploy form (fused AetherNet, SPAN's fused "
+            "convs). CPU used by others: share of all CPUs' time other processes took while the row "
+            "was measured; where it is high, latencies are inflated and noisy. Weights are random "
+            "(speed does not depend on them). Fastest vs RRDB: RRDB's fastest format's time ÷ this "
+            "model's, INT8 taken from the interleaved group below.",
+            "",
+        ]
+        table = head_to_head_table(results)
+        if table:
+            sections += [
+                f"### INT8 of every model in one interleaved group ({square_label(size)})",
+                "",
+                table,
+                "",
+                "The rows above are measured one model after another, minutes apart, under whatever load "
+                "the machine had at the time; here every model's INT8 ONNX runs in turn within each "
+                "round, so the models see the same load. The cross-model targets use these times.",
+                "",
+            ]
+        table = hd_table(results)
+        if table:
+            sections += [
+                f"## Speed on a {HD_LABEL} input",
+                "",
+                table,
+                "",
+                f"Timed at ×{meta['options']['hd_scale']} only (the cost per LR pixel barely depends on the "
+                "scale: compare the ×2 and ×4 rows above), FP32 and INT8 only, one warm-up run and at least "
+                f"one timed run. Tiles: {HD_TILE_OVERLAP} px overlap, outputs not stitched. A measurement whose "
+                f"single run the {square_label(size)} median predicts above --max-run-s "
+                f"{meta['options']['max_run_s']:g} s is left out (the prediction is shown).",
+                "",
+            ]
+        table = torch_table(results)
+        if table:
+            sections += [
+                f"## PyTorch forms ({square_label(TORCH_SIZE)} input)",
+                "",
+                table,
+                "",
+                f"×{meta['options']['hd_scale']}, {square_label(TORCH_SIZE)} input (the INT8 .pth path is a "
+                "bit-exact reference of the integer kernels, about 10× slower than FP32 PyTorch: too slow "
+                f"for {square_label(size)} on large presets), torch eval mode, interleaved with ORT INT8 on "
+                "the same input, one warm-up and at least 2 timed rounds. Fusion speed-up target: "
+                f"{FUSION_SPEEDUP_TARGET:.1f}×.",
+                "",
+            ]
+    if results.quality is not None:
+        quality = results.quality
+        sections += [
+            "## Quality at equal training budget",
+            "",
+            quality_table(quality),
+            "",
+            f"![speed vs quality]({SPEED_QUALITY_PNG})",
+            "",
+            f"Every model trained from scratch by aether_train.py's training loop (`aether_training.Trainer`) with the same data, "
+            f"degradation (antialiased bicubic ×{quality.scale}), loss, AdamW, cosine schedule and EMA, "
+            f"for {quality.steps} steps each: `{quality.training}`. AetherNet presets train float for "
+            f"{quality.qat_after or 'most of the'} steps, then QAT for the rest (`--qat-after`): their FP32 "
+            "figure is the float EMA at the switch, their INT8 the QAT model's Q/DQ export. Peers train "
+            "float for all steps; their INT8 is `quantize_static` calibrated on LR crops of the training "
+            f"images. PSNR: RGB, 8-bit, border {quality.scale}, mean over the held-out images "
+            f"{', '.join(quality.val_images)} (never trained on), run in ONNX Runtime. Training wall time "
+            "differs per model at the same step count (it is part of the comparison). Short CPU budgets "
+            "favour fast-converging models; the figures compare training recipes of equal cost, not "
+            "fully trained models.",
+            "",
+        ]
+    if results.speed:
+        sections += [f"![latency vs MACs]({LATENCY_MACS_PNG})", ""]
+    if results.qat is not None:
+        sections += qat_sections(results.qat)
+    peers = meta.get("peers", {})
+    if peers:
+        sections += ["## Peers", "", "Built from Spandrel's architecture code with random weights:", ""]
+        sections += [f"- {name}: {description}." for name, description in peers.items()]
+        sections += [""]
+    sections += ["## Options of this run", "", "```json", json.dumps(meta["options"], indent=1, sort_keys=True), "```"]
+    return "\n".join(sections) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------
+
+AETHER_COLOR, PEER_COLOR, RRDB_COLOR = "tab:blue", "tab:orange", "tab:red"
+
+
+def family_color(model: str) -> str:
+    return AETHER_COLOR if model in PRESET_FACTORIES else RRDB_COLOR if model == RRDB else PEER_COLOR
+
+
+def _plain_log_ticks(*axes_list: Any) -> None:
+    """Log axes labelled 40, 50, 60 rather than 4×10^1."""
+    formatter = FuncFormatter(lambda value, _: f"{value:g}")
+    for axis in axes_list:
+        axis.set_major_formatter(formatter)
+        axis.set_minor_formatter(formatter)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    with atomic_write(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def speed_quality_plot(quality: QualityResult) -> Figure:
+    figure = Figure(figsize=(10, 6.4), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    for row in quality.rows:
+        axes.scatter(row.int8_latency.median, row.psnr_int8, color=family_color(row.model), s=50)
+        axes.annotate(f"{row.model} INT8", (row.int8_latency.median, row.psnr_int8),
+                      textcoords="offset points", xytext=(7, 5), color=family_color(row.model))
+    axes.axhline(quality.bicubic_psnr, color="grey", linewidth=1.5)
+    axes.annotate("bicubic", (1, quality.bicubic_psnr), xycoords=("axes fraction", "data"),
+                  textcoords="offset points", xytext=(-50, 5), color="grey")
+    axes.set_xscale("log")
+    axes.margins(x=0.15)
+    _plain_log_ticks(axes.xaxis)
+    axes.set_title(f"Quality at equal training budget ({quality.steps} steps, ×{quality.scale}) vs INT8 speed")
+    axes.set_xlabel(f"ORT INT8 latency, ms (1×3×{quality.input_size}×{quality.input_size}, log scale)")
+    axes.set_ylabel("PSNR on held-out images, dB")
+    axes.grid(True, which="both", color="0.9")
+    return figure
+
+
+def latency_macs_plot(results: CompareResults, scale: int) -> Figure:
+    """Every model's FP32 (hollow) and INT8 (filled) latency against its MACs, with the
+    roofline's FP32 and INT8 floors."""
+    size = results.meta["options"]["size"]
+    square = square_label(size)
+    figure = Figure(figsize=(10, 6.4), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    macs = [row.macs_per_lr_pixel / 1e3 for row in results.speed if row.scale == scale]
+    for row in (r for r in results.speed if r.scale == scale):
+        color, x = family_color(row.model), row.macs_per_lr_pixel / 1e3
+        for fmt, filled in ((ORT_FP32, False), (ORT_INT8, True)):
+            median = row.median(fmt, square)
+            if median is not None:
+                axes.scatter(x, median, s=50, color=color if filled else "none", edgecolors=color)
+                if filled:
+                    axes.annotate(row.model, (x, median), textcoords="offset points", xytext=(7, 5), color=color)
+    if results.roofline is not None:
+        span = [min(macs) / 2, max(macs) * 2]
+        for fmt, style in ((ORT_FP32, "--"), (ORT_INT8, ":")):
+            peak = results.roofline.peak(fmt)
+            floor_ms = [k * 1e3 * size**2 / peak * 1e3 for k in span]
+            axes.plot(span, floor_ms, style, color="grey", label=f"{fmt.split()[-1]} floor ({peak / 1e9:.0f} GMAC/s)")
+        axes.legend(loc="upper left")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    _plain_log_ticks(axes.xaxis, axes.yaxis)
+    axes.set_title(f"Latency vs compute at {square}, ×{scale} (filled: INT8, hollow: FP32; lines: roofline floors)")
+    axes.set_xlabel("MACs per LR pixel, K (log scale)")
+    axes.set_ylabel("ORT latency, ms (log scale)")
+    axes.grid(True, which="both", color="0.9")
+    return figure
+
+
+def write_plots(results: CompareResults, out_dir: Path) -> list[Path]:
+    written = []
+    if results.quality is not None and results.quality.rows:
+        _save(speed_quality_plot(results.quality), out_dir / SPEED_QUALITY_PNG)
+        written.append(out_dir / SPEED_QUALITY_PNG)
+    if results.speed:
+        _save(latency_macs_plot(results, max(row.scale for row in results.speed)), out_dir / LATENCY_MACS_PNG)
+        written.append(out_dir / LATENCY_MACS_PNG)
+    return written
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------
+
+
+def save_results(results: CompareResults, out_dir: Path) -> None:
+    """Written after every step of a run, so an interrupted run keeps what it measured."""
+    with atomic_write(out_dir / RESULTS_JSON) as tmp:
+        Path(tmp).write_text(results.to_json(), encoding="utf-8")
+
+
+def load_results(out_dir: Path) -> CompareResults:
+    return CompareResults.from_json((out_dir / RESULTS_JSON).read_text(encoding="utf-8"))
+
+
+def write_report(results: CompareResults, out_dir: Path) -> str:
+    """Write DIR/benchmarks.md and the plots; return the report."""
+    report = compare_markdown(results)
+    write_plots(results, out_dir)
+    with atomic_write(out_dir / REPORT_NAME) as tmp:
+        Path(tmp).write_text(report, encoding="utf-8")
+    return report

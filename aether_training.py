@@ -1,0 +1,800 @@
+"""The training loop behind aether_train.py, for any super-resolution nn.Module.
+
+``Trainer(model, options, processes, command=..., policy=...)`` trains a ready network:
+
+* Data: every training image is decoded once (``aether_data.read_image``) and held in memory;
+  each step draws random HR crops of ``lr_patch * scale`` pixels with random flips and 90
+  degree rotations, and makes the LR input on the fly with ``aether_data.bicubic_downscale``,
+  the same degradation the release script's quality check uses. Patch sampling has its own
+  ``torch.Generator`` (seeded ``seed + rank``), so it is reproducible and resumable.
+* Optimisation: L1 or Charbonnier loss, AdamW, linear warmup then cosine decay to ``min_lr``,
+  optional gradient clipping, and an EMA of the weights; validation and ``params_ema`` use the
+  EMA model. An AetherNet can switch to its quantization-aware form mid-run (``qat_after``).
+* Output (neosr / traiNNer-redux layout): ``net_g_{step}.pth`` and ``net_g_latest.pth`` hold
+  ``{"params", "params_ema", "metadata"}``; ``training_state.pth`` holds everything ``resume``
+  needs to continue bit-exactly (on the same hardware and thread count); ``train.log``.
+
+What the trainer needs to know about a network beyond nn.Module (its name, checkpoint
+metadata, its quantization-aware form and how its EMA copy is made) is its ``TrainingPolicy``:
+``TrainingPolicy()`` for any float network, ``AetherNetPolicy()`` for AetherNet.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import aether_arch
+from aether_cli import InputError
+from aether_data import (
+    ImageReadError,
+    bicubic_downscale,
+    evaluation_pair,
+    image_files,
+    psnr,
+    read_image,
+    to_image,
+    to_tensor,
+)
+
+TRAINING_STATE_FORMAT = "aether_train_state/1"
+TRAINING_STATE_NAME = "training_state.pth"
+CHARBONNIER_EPS = 1e-3
+# Options that fix the network or the phase layout: a saved state only fits a run with the same.
+STRUCTURAL_OPTIONS = ("preset", "scale", "num_blocks", "qat", "qat_after")
+
+
+# ---------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingOptions:
+    """Everything a run is configured by, named and defaulted as aether_train.py's options
+    (``--lr-patch`` is ``lr_patch``); saved in the training state, so a resumed run can be
+    checked against it. ``check()`` refuses combinations that cannot train."""
+
+    train_dir: list[str]  # folders of HR training images
+    steps: int
+    val_dir: str | None = None
+    lr_patch: int = 48
+    batch_size: int = 16
+    preset: str | None = None  # the AetherNet preset trained (for the record); None for other networks
+    scale: int = 2
+    num_blocks: int | None = None
+    pretrained: str | None = None
+    qat: bool = False
+    qat_after: int | None = None
+    qat_lr: float | None = None  # default: lr / 10
+    loss: str = "l1"
+    lr: float = 2e-3
+    min_lr: float = 1e-6
+    warmup: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    ema_decay: float = 0.999
+    freeze_norm_frac: float = 0.1
+    out_dir: str | None = None
+    resume: str | None = None
+    stop_at: int | None = None
+    val_every: int = 500
+    save_every: int = 1000
+    log_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    threads: int | None = None
+
+    def check(self) -> "TrainingOptions":
+        """Itself, with --qat-lr's default filled in; InputError (naming the options) if they cannot train."""
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise InputError(f"need 0 <= --min-lr <= --lr and --lr > 0, got --lr {self.lr} --min-lr {self.min_lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.freeze_norm_frac <= 1.0:
+            raise InputError(f"--freeze-norm-frac must be in [0, 1], got {self.freeze_norm_frac}")
+        if self.qat_after is not None:
+            if self.qat:
+                raise InputError("use either --qat (QAT from the start) or --qat-after N, not both")
+            if not 0 < self.qat_after < self.steps:
+                raise InputError(f"--qat-after must be between 1 and --steps - 1 ({self.steps - 1}), got {self.qat_after}")
+        if self.qat_lr is None:
+            self.qat_lr = self.lr / 10
+        if self.stop_at is not None and not 0 < self.stop_at <= self.steps:
+            raise InputError(f"--stop-at must be between 1 and --steps ({self.steps}), got {self.stop_at}")
+        if self.out_dir is None and self.resume is None:
+            raise InputError("--out-dir is required (unless --resume gives the run's folder)")
+        return self
+
+    def flags(self) -> list[str]:
+        """The aether_train.py options that give these options (those that differ from the
+        defaults), for the record: ``aether_train.py --preset ... FLAGS`` repeats the run."""
+        flags = []
+        for option in dataclasses.fields(self):
+            value = getattr(self, option.name)
+            if value == option.default or value is None or value is False:
+                continue
+            if option.name == "qat_lr" and value == self.lr / 10:  # check()'s default
+                continue
+            flag = "--" + option.name.replace("_", "-")
+            flags += [flag] if value is True else [flag, *map(str, value if isinstance(value, list) else [value])]
+        return flags
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global random generators before the network is built: identical initial
+    weights on every rank and in every repetition of a run."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Processes and devices
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """This process's place in a torchrun job (world_size 1 without torchrun)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def start_processes(device_option: str) -> Processes:
+    use_cuda = device_option == "cuda" or (device_option == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available to this PyTorch")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Processes(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return Processes(dist.get_rank(), world_size, device)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> tuple[np.ndarray, list[str]]:
+    try:
+        return read_image(path)
+    except (ImageReadError, OSError) as exc:
+        raise InputError(str(exc)) from None
+
+
+def load_training_images(
+    folders: Sequence[str], hr_patch: int, notes: list[str]
+) -> list[torch.Tensor]:
+    """Every training image big enough for one HR crop, as a (3, H, W) float32 tensor."""
+    images, too_small, largest = [], [], (0, 0)
+    for folder in folders:
+        for path in image_files(folder, "--train-dir"):
+            image, conversions = _read(path)
+            if conversions:
+                notes.append(f"{path}: {', '.join(conversions)}")
+            height, width = image.shape[:2]
+            largest = max(largest, (height, width), key=min)
+            if height < hr_patch or width < hr_patch:
+                too_small.append(path.name)
+                continue
+            images.append(to_tensor(image)[0])
+    if not images:
+        raise InputError(
+            f"all {len(too_small)} training images are smaller than the {hr_patch}x{hr_patch} HR "
+            f"crop (--lr-patch x --scale; the largest is {largest[1]}x{largest[0]}); need images "
+            f"of at least {hr_patch}x{hr_patch} pixels or a smaller --lr-patch"
+        )
+    if too_small:
+        notes.append(f"skipped {len(too_small)} image(s) smaller than {hr_patch}x{hr_patch}: {', '.join(too_small)}")
+    return images
+
+
+@dataclass
+class ValidationImage:
+    name: str
+    hr: np.ndarray  # (H, W, 3), mod-cropped to the scale
+    lr: torch.Tensor  # (1, 3, H / scale, W / scale), on the training device
+    bicubic_psnr: float  # the baseline does not change during training: computed once
+
+
+def load_validation_images(folder: str, scale: int, device: torch.device) -> list[ValidationImage]:
+    images = []
+    for path in image_files(folder, "--val-dir"):
+        hr, lr, bicubic = evaluation_pair(_read(path)[0], scale)
+        if min(hr.shape[:2]) <= 2 * scale:  # PSNR ignores a border of `scale` pixels
+            raise InputError(f"validation image {str(path)!r} is too small for x{scale} ({hr.shape[1]}x{hr.shape[0]})")
+        images.append(ValidationImage(path.name, hr, lr.to(device), bicubic))
+    return images
+
+
+class PatchSampler:
+    """Random HR crops with a random one of the 8 flips / 90-degree rotations, drawn from
+    images held in memory with a dedicated generator (so sampling is resumable)."""
+
+    def __init__(self, images: list[torch.Tensor], hr_patch: int, seed: int) -> None:
+        self.images = images
+        self.hr_patch = hr_patch
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch_size: int) -> torch.Tensor:
+        size, g = self.hr_patch, self.generator
+        picks = torch.randint(len(self.images), (batch_size,), generator=g).tolist()
+        corners = torch.rand(batch_size, 2, generator=g).tolist()
+        transforms = torch.randint(0, 2, (batch_size, 3), generator=g).bool().tolist()
+        patches = []
+        for index, (y, x), (flip_h, flip_v, transpose) in zip(picks, corners, transforms):
+            image = self.images[index]
+            top = int(y * (image.shape[1] - size + 1))
+            left = int(x * (image.shape[2] - size + 1))
+            patch = image[:, top : top + size, left : left + size]
+            if flip_h:
+                patch = patch.flip(-1)
+            if flip_v:
+                patch = patch.flip(-2)
+            if transpose:  # with the flips: all 8 symmetries of the square
+                patch = patch.transpose(-1, -2)
+            patches.append(patch)
+        return torch.stack(patches)
+
+
+# ---------------------------------------------------------------------------------------
+# Network policies, EMA, optimisation
+# ---------------------------------------------------------------------------------------
+
+
+class TrainingPolicy:
+    """What the trainer needs to know about a network beyond nn.Module. This one fits any
+    float network: no quantization-aware form, and an EMA that is a deep copy."""
+
+    has_qat = False
+
+    def describe(self, model: nn.Module) -> str:
+        return type(model).__name__
+
+    def metadata(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
+        """JSON-safe description of the network, saved with its weights."""
+        return {"architecture": type(model).__name__, **extra}
+
+    def is_qat(self, model: nn.Module) -> bool:
+        return False
+
+    def to_qat(self, model: nn.Module) -> None:
+        raise TypeError(f"{self.describe(model)} has no quantization-aware form")
+
+    def needs_ranges(self, model: nn.Module) -> bool:
+        """Whether the next forward pass of ``model`` would set its activation ranges."""
+        return False
+
+    def ema_copy(self, model: nn.Module) -> nn.Module:
+        return copy.deepcopy(model)
+
+    def before_ema_update(self, ema: nn.Module, model: nn.Module) -> None:
+        pass
+
+    def after_ema_update(self, ema: nn.Module) -> None:
+        pass
+
+
+class AetherNetPolicy(TrainingPolicy):
+    """AetherNet: its preset name and checkpoint metadata, its QAT form, and an EMA copy that
+    stays a faithful QAT model (see the two EMA hooks)."""
+
+    has_qat = True
+
+    def describe(self, model: aether_arch.AetherNet) -> str:
+        form = "QAT" if model.qat else "float"
+        return f"{aether_arch.preset_name(model.config)} x{model.scale} ({form}, {model.config['num_blocks']} blocks)"
+
+    def metadata(self, model: aether_arch.AetherNet, **extra: Any) -> dict[str, Any]:
+        return aether_arch.checkpoint_metadata(model, **extra)
+
+    def is_qat(self, model: aether_arch.AetherNet) -> bool:
+        return model.qat
+
+    def to_qat(self, model: aether_arch.AetherNet) -> None:
+        aether_arch.prepare_qat(model)
+
+    def needs_ranges(self, model: aether_arch.AetherNet) -> bool:
+        return model.qat and not aether_arch.is_calibrated(model)
+
+    def ema_copy(self, model: aether_arch.AetherNet) -> aether_arch.AetherNet:
+        ema = type(model)(**model.config, qat=model.qat, int8_profile=model.int8_profile)
+        ema.load_state_dict(model.state_dict())
+        return ema
+
+    def before_ema_update(self, ema: aether_arch.AetherNet, model: aether_arch.AetherNet) -> None:
+        """An activation quantizer whose range the model has just set is adopted as is:
+        averaging with the uninitialised scale of 1.0 would take thousands of steps to forget."""
+        sources = dict(model.named_modules())
+        for name, quantizer in ema.named_modules():
+            if isinstance(quantizer, aether_arch.ActQuant) and not quantizer.is_initialized():
+                if sources[name].is_initialized():
+                    # load_state_dict (not copy_) so the quantizer re-reads its state
+                    quantizer.load_state_dict(sources[name].state_dict())
+
+    def after_ema_update(self, ema: aether_arch.AetherNet) -> None:
+        """Each quantized conv's weight scale follows the EMA's own weights."""
+        for module in ema.modules():
+            if isinstance(module, aether_arch.QuantConv2d):
+                module.refresh_weight_scale()
+
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters; buffers (BatchNorm statistics,
+    quantizer state) are copied, since averaging them has no meaning. The EMA copy is always
+    in eval mode; the policy's hooks keep a QAT copy faithful."""
+
+    def __init__(self, model: nn.Module, decay: float, policy: TrainingPolicy) -> None:
+        self.decay = decay
+        self.policy = policy
+        self.module = policy.ema_copy(model)
+        self.module.to(next(model.parameters()).device).eval().requires_grad_(False)
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        self.policy.before_ema_update(self.module, model)
+        weight = 1.0 - self.decay_at(step)
+        for ema_param, param in zip(self.module.parameters(), model.parameters()):
+            ema_param.lerp_(param.detach(), weight)
+        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
+        self.policy.after_ema_update(self.module)
+
+    def switch_to_qat(self) -> None:
+        self.policy.to_qat(self.module)
+        self.module.eval().requires_grad_(False)
+
+
+@dataclass
+class Phase:
+    """A stretch of training with one optimizer and one warmup + cosine schedule."""
+
+    lr: float
+    first_step: int
+    end_step: int
+    warmup: int
+
+
+def current_phase(options: TrainingOptions, qat: bool) -> Phase:
+    if options.qat_after is None:
+        return Phase(options.lr, 0, options.steps, options.warmup)
+    if not qat:
+        return Phase(options.lr, 0, options.qat_after, options.warmup)
+    # Fresh optimizer, no warmup: the fused QAT parameters are new tensors (the branch weights'
+    # Adam moments do not map onto them), and the QAT phase is a fine-tuning at a lower LR.
+    return Phase(options.qat_lr, options.qat_after, options.steps, 0)
+
+
+def make_optimizer(
+    model: nn.Module, phase: Phase, options: TrainingOptions
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=phase.lr, weight_decay=options.weight_decay)
+    steps = phase.end_step - phase.first_step
+    floor = options.min_lr / phase.lr
+
+    def lr_factor(i: int) -> float:
+        if i < phase.warmup:
+            return (i + 1) / phase.warmup
+        progress = min(1.0, (i - phase.warmup) / max(1, steps - phase.warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == "l1":
+        return F.l1_loss
+    return lambda sr, hr: torch.sqrt((sr - hr) ** 2 + CHARBONNIER_EPS**2).mean()
+
+
+def set_training_mode(model: nn.Module, freeze_norm: bool) -> None:
+    model.train()
+    if freeze_norm:
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+
+
+@torch.no_grad()
+def initialise_quantizer_ranges(model: nn.Module, lr_batch: torch.Tensor) -> None:
+    """Set every activation range from this batch before the step that trains on it (what the
+    first training forward would do anyway). Done explicitly, outside DDP, so that the wrapper
+    built afterwards broadcasts rank 0's ranges instead of each rank keeping its own."""
+    model(lr_batch)
+
+
+def wrap_for_training(model: nn.Module, processes: Processes) -> nn.Module:
+    if not processes.distributed:
+        return model
+    device_ids = [processes.device.index] if processes.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(model: nn.Module, images: list[ValidationImage], scale: int) -> dict[str, Any]:
+    """Mean RGB PSNR (8-bit, border = scale) of the model and of bicubic upscaling."""
+    per_image = {}
+    for image in images:
+        sr = model(image.lr)
+        per_image[image.name] = (psnr(to_image(sr), image.hr, border=scale), image.bicubic_psnr)
+    model_mean = sum(m for m, _ in per_image.values()) / len(per_image)
+    bicubic_mean = sum(b for _, b in per_image.values()) / len(per_image)
+    return {"psnr": model_mean, "bicubic_psnr": bicubic_mean, "per_image": per_image}
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints and training state
+# ---------------------------------------------------------------------------------------
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves half a file."""
+    with aether_arch.atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Compact CPU copies (no views, no shared storage), as loaders like Spandrel expect."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def rng_states(sampler_states: list[torch.Tensor]) -> dict[str, Any]:
+    """Every random state as tensors / lists of ints (loadable with weights_only=True)."""
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss_next],
+        "patch_sampler": sampler_states,  # one per rank
+    }
+
+
+def restore_rng_states(states: dict[str, Any], sampler: PatchSampler, processes: Processes,
+                       seed: int, step: int, log: "RunLog") -> None:
+    torch.set_rng_state(states["torch_cpu"])
+    if states["torch_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch_cuda"])
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    sampler_states = states["patch_sampler"]
+    if len(sampler_states) == processes.world_size:
+        sampler.generator.set_state(sampler_states[processes.rank])
+    else:  # a different process count: the patch stream cannot continue as it was
+        sampler.generator.manual_seed(seed + processes.rank + 1_000_003 * step)
+        log(f"note: the saved run had {len(sampler_states)} process(es), this one has "
+            f"{processes.world_size}; patch sampling is re-seeded, so the run is not bit-exact")
+
+
+def gather_sampler_states(sampler: PatchSampler, processes: Processes) -> list[torch.Tensor]:
+    """Every rank's patch-generator state (a collective call under DDP)."""
+    state = sampler.generator.get_state()
+    if not processes.distributed:
+        return [state]
+    device = processes.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    gathered = [torch.empty_like(state, device=device) for _ in range(processes.world_size)]
+    dist.all_gather(gathered, state.to(device))
+    return [s.cpu() for s in gathered]
+
+
+def read_training_state(location: str) -> tuple[dict[str, Any], Path]:
+    path = Path(location)
+    if path.is_dir():
+        path = path / TRAINING_STATE_NAME
+    if not path.is_file():
+        raise InputError(f"--resume: {str(path)!r} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files; all mean the same
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise InputError(f"--resume: {str(path)!r} is not a readable training state: {first_line.strip()[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
+        raise InputError(f"--resume: {str(path)!r} is not an aether_train.py training state")
+    return state, path
+
+
+def check_resumable(state: dict[str, Any], options: TrainingOptions, notes: list[str]) -> None:
+    """Refuse a state that cannot continue under these options; note options that changed."""
+    saved = json.loads(state["config"])
+    for name in STRUCTURAL_OPTIONS:
+        if saved.get(name) != getattr(options, name):
+            raise InputError(
+                f"--resume: the saved run used --{name.replace('_', '-')} {saved.get(name)}, "
+                f"this one {getattr(options, name)}; these must match"
+            )
+    stop = options.stop_at or options.steps
+    if state["step"] >= stop:
+        raise InputError(f"--resume: the saved run is at step {state['step']}, nothing to do up to "
+                         f"{'--stop-at' if options.stop_at else '--steps'} {stop}")
+    # options that change neither the weights nor the random streams
+    ignored = {"resume", "out_dir", "stop_at", "pretrained", "val_dir", "val_every", "save_every", "log_every"}
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(options).items()
+               if k not in ignored and saved.get(k) != v]
+    if changed:
+        notes.append("resuming with changed options (no longer bit-exact): " + "; ".join(changed))
+
+
+# ---------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """Rank 0's log: each line goes to the console (around the progress bar) and, with a
+    timestamp, to OUT/train.log. Other ranks log nothing."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.file = open(path, "a", encoding="utf-8") if path is not None else None
+
+    def __call__(self, message: str) -> None:
+        if self.file is None:
+            return
+        tqdm.write(message)
+        self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One invocation of the training loop over a ready network: setup, steps, validation,
+    saving. The caller builds ``model`` (seeded with seed_everything(options.seed) first, so
+    that every rank starts from the same weights) and loads any pretrained weights; resuming
+    restores everything else from the training state. ``command`` is recorded in the log and
+    in every checkpoint's metadata."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        options: TrainingOptions,
+        processes: Processes,
+        *,
+        command: str,
+        policy: TrainingPolicy,
+    ) -> None:
+        self.started = time.perf_counter()
+        self.options = options
+        self.processes = processes
+        self.policy = policy
+        self.device = processes.device
+        self.training_command = command
+        self.hr_patch = options.lr_patch * options.scale
+        notes: list[str] = []
+
+        # Everything that can reject the input happens before anything is written.
+        if (options.qat or options.qat_after is not None) and not policy.has_qat:
+            raise InputError(f"--qat and --qat-after need a quantization-aware form, which {policy.describe(model)} has not")
+        self.model = model
+        state, state_path = read_training_state(options.resume) if options.resume else (None, None)
+        if state is not None:
+            check_resumable(state, options, notes)
+            if state["qat"] and not policy.is_qat(model):  # saved after the --qat-after switch
+                policy.to_qat(model)
+        self.sampler = PatchSampler(
+            load_training_images(options.train_dir, self.hr_patch, notes), self.hr_patch, options.seed + processes.rank
+        )
+        self.val_images = load_validation_images(options.val_dir, options.scale, self.device) if options.val_dir else []
+
+        self.out_dir = Path(options.out_dir) if options.out_dir else state_path.parent
+        if processes.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLog(self.out_dir / "train.log" if processes.is_main else None)
+        self._log_config(notes)
+
+        self.model.to(self.device)
+        self.ema = ModelEMA(self.model, options.ema_decay, policy)
+        self.amp_dtype = self._amp_dtype()
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.loss_fn = loss_function(options.loss)
+        self.step = 0
+        self.last_validation: dict[str, Any] | None = None
+        self.norm_frozen_from = self._norm_freeze_step()
+
+        self.optimizer, self.scheduler = make_optimizer(self.model, current_phase(options, policy.is_qat(self.model)), options)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.ema.module.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+            self.step = state["step"]
+            restore_rng_states(state["rng"], self.sampler, processes, options.seed, self.step, self.log)
+            self.log(f"resumed from {state_path} at step {self.step}")
+        self.train_model: nn.Module | None = None  # the module forward goes through (DDP-wrapped)
+
+    def _log_config(self, notes: list[str]) -> None:
+        options = self.options
+        self.log(f"command: {self.training_command}")
+        self.log("config: " + json.dumps(dataclasses.asdict(options), sort_keys=True))
+        self.log(f"model: {self.policy.describe(self.model)}, {sum(p.numel() for p in self.model.parameters()):,} parameters")
+        self.log(f"data: {len(self.sampler.images)} training image(s), HR crop {self.hr_patch}x{self.hr_patch}, "
+                 f"batch {options.batch_size} per process x {self.processes.world_size} process(es); "
+                 f"{len(self.val_images)} validation image(s)")
+        self.log(f"device: {self.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
+        for note in notes:
+            self.log(f"note: {note}")
+        if options.amp and self.device.type != "cuda":
+            self.log("note: --amp is ignored on CPU (autocast is used on CUDA only)")
+        if options.resume and options.pretrained:
+            self.log("note: --pretrained is ignored when resuming (weights come from the saved state)")
+        if not self.val_images:
+            self.log("note: no --val-dir, so no validation")
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not self.options.amp or self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _norm_freeze_step(self) -> int:
+        """First step whose BatchNorms use running statistics (the float phase's last part)."""
+        float_end = self.options.qat_after or self.options.steps
+        return float_end - round(self.options.freeze_norm_frac * float_end)
+
+    def switch_to_qat(self) -> None:
+        """--qat-after: the same run continues in QAT form (model and EMA) with a new optimizer
+        and schedule over the parameters the fused, quantized model has now."""
+        self.policy.to_qat(self.model)
+        self.ema.switch_to_qat()
+        phase = current_phase(self.options, qat=True)
+        self.optimizer, self.scheduler = make_optimizer(self.model, phase, self.options)
+        self.train_model = None
+        self.log(f"after step {self.step}: switched to QAT ({self.policy.describe(self.model)}), lr {phase.lr:g} "
+                 f"cosine to {self.options.min_lr:g} over {phase.end_step - phase.first_step} steps")
+
+    def train_step(self) -> torch.Tensor:
+        options = self.options
+        freeze_norm = not self.policy.is_qat(self.model) and self.step >= self.norm_frozen_from
+        if freeze_norm and self.step == self.norm_frozen_from:
+            self.log(f"after step {self.step}: BatchNorm layers use their running statistics "
+                     "(eval mode) for the rest of float training")
+        set_training_mode(self.model, freeze_norm)
+        hr_batch = self.sampler.sample(options.batch_size).to(self.device)
+        lr_batch = bicubic_downscale(hr_batch, options.scale)
+        if self.policy.needs_ranges(self.model):
+            initialise_quantizer_ranges(self.model, lr_batch)
+            self.train_model = None
+        if self.train_model is None:
+            self.train_model = wrap_for_training(self.model, self.processes)
+
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            sr_batch = self.train_model(lr_batch)
+        loss = self.loss_fn(sr_batch.float(), hr_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.grad_scaler.scale(loss).backward()
+        if options.grad_clip > 0:
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), options.grad_clip)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        return loss.detach()
+
+    def run_validation(self) -> None:
+        if not self.val_images or not self.processes.is_main:
+            return
+        result = validate(self.ema.module, self.val_images, self.options.scale)
+        self.last_validation = result
+        images = ", ".join(f"{name} {m:.2f}/{b:.2f}" for name, (m, b) in result["per_image"].items())
+        self.log(f"step {self.step}: validation PSNR (EMA model) {result['psnr']:.3f} dB, bicubic "
+                 f"{result['bicubic_psnr']:.3f} dB, gain {result['psnr'] - result['bicubic_psnr']:+.3f} dB "
+                 f"[{images}]")
+
+    def save(self) -> None:
+        sampler_states = gather_sampler_states(self.sampler, self.processes)  # collective
+        if not self.processes.is_main:
+            return
+        extra: dict[str, Any] = {
+            "step": self.step,
+            "training_command": self.training_command,
+            "world_size": self.processes.world_size,
+            "degradation": "aether_data.bicubic_downscale",
+        }
+        if self.last_validation is not None:
+            extra["val_psnr"] = round(self.last_validation["psnr"], 4)
+            extra["val_bicubic_psnr"] = round(self.last_validation["bicubic_psnr"], 4)
+        weights = {
+            "params": plain_state_dict(self.model),
+            "params_ema": plain_state_dict(self.ema.module),
+            "metadata": json.dumps(self.policy.metadata(self.model, **extra), sort_keys=True),
+        }
+        save_atomically(weights, self.out_dir / f"net_g_{self.step}.pth")
+        save_atomically(weights, self.out_dir / "net_g_latest.pth")
+        state = {
+            "format": TRAINING_STATE_FORMAT,
+            "step": self.step,
+            "qat": self.policy.is_qat(self.model),
+            "config": json.dumps(dataclasses.asdict(self.options), sort_keys=True),
+            "model": plain_state_dict(self.model),
+            "ema": plain_state_dict(self.ema.module),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "rng": rng_states(sampler_states),
+        }
+        save_atomically(state, self.out_dir / TRAINING_STATE_NAME)
+        self.log(f"step {self.step}: saved net_g_{self.step}.pth, net_g_latest.pth, {TRAINING_STATE_NAME}")
+
+    def run(self) -> None:
+        options = self.options
+        stop = options.stop_at or options.steps
+        train_seconds, first_step = 0.0, self.step
+        loss_sum, loss_count = torch.zeros((), device=self.device), 0  # summed on the device: no sync per step
+        bar = tqdm(total=stop, initial=self.step, unit="it", dynamic_ncols=True,
+                   disable=not self.processes.is_main)
+        try:
+            while self.step < stop:
+                tick = time.perf_counter()
+                if options.qat_after is not None and self.step == options.qat_after and not self.policy.is_qat(self.model):
+                    self.switch_to_qat()
+                loss = self.train_step()
+                loss_sum, loss_count = loss_sum + loss, loss_count + 1
+                bar.update(1)
+                if self.step % 10 == 0:  # .item() waits for the device: not every step
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                train_seconds += time.perf_counter() - tick
+                if self.step % options.log_every == 0:
+                    self.log(f"step {self.step}/{options.steps}: loss {loss_sum.item() / loss_count:.5f} "
+                             f"(rank 0's batches), lr {self.scheduler.get_last_lr()[0]:.3g}, "
+                             f"{(self.step - first_step) / train_seconds:.2f} it/s")
+                    loss_sum, loss_count = torch.zeros_like(loss_sum), 0
+                if (options.val_every and self.step % options.val_every == 0) or self.step == stop:
+                    self.run_validation()
+                if (options.save_every and self.step % options.save_every == 0) or self.step == stop:
+                    self.save()
+        finally:
+            bar.close()
+        wall = time.perf_counter() - self.started
+        self.log(f"finished step {self.step}/{options.steps}: {self.step - first_step} steps in "
+                 f"{train_seconds:.1f} s of training steps ({(self.step - first_step) / train_seconds:.2f} it/s); "
+                 f"wall time {wall:.1f} s including loading, validation and saving")
+
+    def close(self) -> None:
+        self.log.close()
