@@ -70,9 +70,7 @@ def pad_kernel(weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return F.pad(weight, [pad, pad, pad, pad])
 
 
-def identity_kernel(
-    channels: int, kernel_size: int, *, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
+def identity_kernel(channels: int, kernel_size: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The (channels, channels, k, k) kernel of the identity map."""
     weight = torch.zeros(channels, channels, kernel_size, kernel_size, dtype=dtype, device=device)
     centre = kernel_size // 2
@@ -90,9 +88,7 @@ class ConvNorm(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,9 +111,7 @@ class IdentityNorm(nn.Module):
 
     def fused_kernel(self, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.norm.running_mean
-        identity = identity_kernel(
-            mean.shape[0], kernel_size, dtype=mean.dtype, device=mean.device
-        )
+        identity = identity_kernel(mean.shape[0], kernel_size, dtype=mean.dtype, device=mean.device)
         return fold_batchnorm(identity, None, self.norm)
 
 
@@ -126,9 +120,7 @@ class RepConv(nn.Module):
     size, plus a normed identity when shapes allow. ``fuse()`` returns the equivalent
     ``nn.Conv2d``; the branches exist only to make optimisation easier (RepVGG)."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_sizes: tuple[int, ...]
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_sizes: tuple[int, ...]) -> None:
         super().__init__()
         self.kernel_size = max(kernel_sizes)
         self.branches = nn.ModuleList(
@@ -153,17 +145,15 @@ class RepConv(nn.Module):
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
         weight, bias = self.fused_weight_bias()
-        conv = nn.Conv2d(
-            weight.shape[1], weight.shape[0], self.kernel_size, padding=self.kernel_size // 2
-        ).to(device=weight.device, dtype=weight.dtype)
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], self.kernel_size, padding=self.kernel_size // 2).to(
+            device=weight.device, dtype=weight.dtype
+        )
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
         return conv
 
 
-def make_conv(
-    in_channels: int, out_channels: int, kernel_sizes: tuple[int, ...], *, fused: bool
-) -> nn.Module:
+def make_conv(in_channels: int, out_channels: int, kernel_sizes: tuple[int, ...], *, fused: bool) -> nn.Module:
     """A RepConv in training form, or the plain conv it fuses into in deploy form."""
     if fused:
         k = max(kernel_sizes)
@@ -188,9 +178,7 @@ class AetherBlock(nn.Module):
     the large receptive field while staying an integer-friendly GEMM (see module docstring).
     """
 
-    def __init__(
-        self, channels: int, partial_channels: int, large_kernel: int, *, fused: bool
-    ) -> None:
+    def __init__(self, channels: int, partial_channels: int, large_kernel: int, *, fused: bool) -> None:
         super().__init__()
         self.partial_channels = partial_channels
         self.local = make_conv(channels, channels, (3, 1), fused=fused)
@@ -282,10 +270,7 @@ class AetherNet(nn.Module):
         self.head = nn.Conv2d(in_channels, dim, 3, padding=1)
         self.head_q = QuantPoint()
         self.blocks = nn.Sequential(
-            *(
-                AetherBlock(dim, partial_channels, large_kernel, fused=fused)
-                for _ in range(num_blocks)
-            )
+            *(AetherBlock(dim, partial_channels, large_kernel, fused=fused) for _ in range(num_blocks))
         )
         self.body_tail = make_conv(dim, dim, (3, 1), fused=fused)
         self.tail_q = QuantPoint()
@@ -374,14 +359,9 @@ def _check_hyperparameters(**hp: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"AetherNet: {name} must be a positive integer, got {value!r}")
     if hp["large_kernel"] % 2 == 0 or hp["large_kernel"] < 3:
-        raise ValueError(
-            f"AetherNet: large_kernel must be odd and >= 3, got {hp['large_kernel']}"
-        )
+        raise ValueError(f"AetherNet: large_kernel must be odd and >= 3, got {hp['large_kernel']}")
     if hp["partial_channels"] > hp["dim"]:
-        raise ValueError(
-            f"AetherNet: partial_channels ({hp['partial_channels']}) must not exceed "
-            f"dim ({hp['dim']})"
-        )
+        raise ValueError(f"AetherNet: partial_channels ({hp['partial_channels']}) must not exceed dim ({hp['dim']})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,9 +468,7 @@ def _quantize_dequantize_onnx(x: Any, scale: Any, zero_point: Any, axis: int) ->
     return op.DequantizeLinear(quantized, scale, zero_point, axis=axis)
 
 
-def activation_qparams(
-    low: torch.Tensor, high: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
+def activation_qparams(low: torch.Tensor, high: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, zero_point) covering [low, high] (widened to include 0, so that zero padding
     and ReLU's zero are exact) for a uint8 (asymmetric) or int8 (symmetric) tensor."""
     low, high = low.float().clamp(max=0.0), high.float().clamp(min=0.0)
@@ -593,12 +571,8 @@ class QuantConv2d(nn.Conv2d):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("weight_scale", torch.ones(self.out_channels))
-        self.register_buffer(
-            "weight_zero_point", torch.zeros(self.out_channels, dtype=torch.int8), persistent=False
-        )
-        self.register_buffer(
-            "bias_zero_point", torch.zeros(self.out_channels, dtype=torch.int32), persistent=False
-        )
+        self.register_buffer("weight_zero_point", torch.zeros(self.out_channels, dtype=torch.int8), persistent=False)
+        self.register_buffer("bias_zero_point", torch.zeros(self.out_channels, dtype=torch.int32), persistent=False)
         # The ActQuants that feed this conv and quantize its output (set by prepare_qat;
         # no output one for float-output convs). Plain attributes, not submodules: they
         # belong to the network's tree, not to this conv.
@@ -922,9 +896,7 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     head = state_dict["head.weight"]
     large = state_dict[large_key]
     in_channels = int(head.shape[1])
-    scale, out_channels = _scale_and_out_channels(
-        int(state_dict["upsample.weight"].shape[0]), in_channels
-    )
+    scale, out_channels = _scale_and_out_channels(int(state_dict["upsample.weight"].shape[0]), in_channels)
     qat = _QAT_KEY in state_dict
     profile = "cpu"
     if qat:
@@ -981,8 +953,7 @@ def _read_checkpoint_file(path: str) -> tuple[Any, dict[str, Any]]:
                 "torch.save(model.state_dict(), path)"
             ) from None
         raise AetherCheckpointError(
-            f"{path!r} is not a readable PyTorch checkpoint (corrupt or truncated?): "
-            f"{error_summary(exc)}"
+            f"{path!r} is not a readable PyTorch checkpoint (corrupt or truncated?): {error_summary(exc)}"
         ) from None
     metadata = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), str):
@@ -1010,10 +981,7 @@ def _pickle_imports_code(path: str) -> bool:
         else:
             with open(path, "rb") as f:
                 data = f.read()
-        return any(
-            op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ")
-            for op, _, _ in pickletools.genops(data)
-        )
+        return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ") for op, _, _ in pickletools.genops(data))
     except Exception:
         return False
 
@@ -1031,8 +999,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
             raw = (f.metadata() or {}).get(_SAFETENSORS_METADATA_KEY)
     except Exception as exc:
         raise AetherCheckpointError(
-            f"{path!r} is not a readable safetensors file (corrupt or truncated?): "
-            f"{error_summary(exc)}"
+            f"{path!r} is not a readable safetensors file (corrupt or truncated?): {error_summary(exc)}"
         ) from None
     return tensors, _parse_metadata(raw) if raw else {}
 
@@ -1062,15 +1029,14 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     if not state_dict:
         raise AetherCheckpointError(
-            f"not an AetherNet checkpoint: found {'an empty dict' if not obj else _describe_keys(sorted(map(str, obj)))} "
-            "with no tensors; expected a state dict of AetherNet weights"
+            f"not an AetherNet checkpoint: found "
+            f"{'an empty dict' if not obj else _describe_keys(sorted(map(str, obj)))} with no tensors; "
+            "expected a state dict of AetherNet weights"
         )
     return state_dict
 
 
-def _accept_float_state_dict(
-    model: AetherNet, state_dict: dict[str, Any], prefix: str, *args: Any
-) -> None:
+def _accept_float_state_dict(model: AetherNet, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     """Load-state-dict pre-hook: a fused or QAT model loads a float checkpoint (training or
     fused form) with strict=True. Training-form weights are fused here; quantizer state the
     float checkpoint lacks keeps this model's (uninitialised) values."""
@@ -1106,8 +1072,7 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
     except RuntimeError as exc:
         raise AetherCheckpointError(
             "AetherNet checkpoint does not match the architecture inferred from it "
-            f"({preset_name(config)}, x{config['scale']}): "
-            + " ".join(str(exc).split())[:300]
+            f"({preset_name(config)}, x{config['scale']}): " + " ".join(str(exc).split())[:300]
         ) from None
     return model.eval()
 
@@ -1187,7 +1152,7 @@ def _quiet_exporter():
         try:
             yield
         finally:
-            for logger, level in zip(loggers, levels):
+            for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
 
 
@@ -1250,9 +1215,7 @@ def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 1
     import onnx.version_converter
 
     if opset not in ONNX_OPSETS:
-        raise ValueError(
-            f"ONNX opset {opset} is not supported; use {ONNX_OPSETS[0]}..{ONNX_OPSETS[-1]}"
-        )
+        raise ValueError(f"ONNX opset {opset} is not supported; use {ONNX_OPSETS[0]}..{ONNX_OPSETS[-1]}")
     if model.qat and not is_calibrated(model):
         raise ValueError(
             "this QAT model has activation ranges that were never set: fine-tune it with QAT "
@@ -1343,9 +1306,7 @@ def register_presets(registry: Any, default_scale: int | None = None) -> None:
     for name, factory in PRESET_FACTORIES.items():
         if name in registry:
             continue
-        registry.register(
-            factory if default_scale is None else _with_default_scale(factory, default_scale)
-        )
+        registry.register(factory if default_scale is None else _with_default_scale(factory, default_scale))
 
 
 # Half and bfloat16 support, measured (not assumed) by tests/test_spandrel.py on every
@@ -1363,7 +1324,10 @@ def _spandrel_architecture() -> Any:
 
     detect = KeyCondition.has_all(
         *_REQUIRED_KEYS,
-        *(KeyCondition.has_any(_form_key(conv, True), _form_key(conv, False)) for conv in ("blocks.0.large", "body_tail")),
+        *(
+            KeyCondition.has_any(_form_key(conv, True), _form_key(conv, False))
+            for conv in ("blocks.0.large", "body_tail")
+        ),
     )
 
     class AetherNetArch(Architecture[AetherNet]):
@@ -1404,8 +1368,7 @@ def register_spandrel() -> None:
         import spandrel
     except ImportError:
         raise ImportError(
-            "register_spandrel() needs the spandrel package, which is not installed: "
-            "pip install spandrel"
+            "register_spandrel() needs the spandrel package, which is not installed: pip install spandrel"
         ) from None
     if ARCH_NAME not in spandrel.MAIN_REGISTRY:
         spandrel.MAIN_REGISTRY.add(

@@ -123,7 +123,6 @@ def deploy_form_shapes(preset: str, scale: int) -> AetherNet:
         return PRESET_FACTORIES[preset](scale=scale, fused=True).eval()
 
 
-
 def smooth_random_batches(count: int = 4, size: int = 64) -> list[torch.Tensor]:
     """Image-like calibration batches (smooth random fields) for models whose speed, not
     quality, is measured."""
@@ -134,7 +133,6 @@ def smooth_random_batches(count: int = 4, size: int = 64) -> list[torch.Tensor]:
         )
         for _ in range(count)
     ]
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +190,9 @@ def hd_inputs(tiled: bool) -> list[np.ndarray]:
     ]
 
 
-def measure_hd(row: SpeedRow, sessions: Mapping[str, ort.InferenceSession], tiled: bool, args: argparse.Namespace) -> None:
+def measure_hd(
+    row: SpeedRow, sessions: Mapping[str, ort.InferenceSession], tiled: bool, args: argparse.Namespace
+) -> None:
     """FP32 and INT8 on a 1280x720 frame (tiles not stitched); a measurement whose single run
     the 256x256 median predicts to exceed --max-run-s is left out, with that prediction."""
     inputs = hd_inputs(tiled)
@@ -211,7 +211,9 @@ def measure_hd(row: SpeedRow, sessions: Mapping[str, ort.InferenceSession], tile
         row.timings.update({measurement(fmt, HD_LABEL): t for fmt, t in timings.items()})
 
 
-def measure_torch(row: SpeedRow, models: Mapping[str, nn.Module], int8_session: ort.InferenceSession, args: argparse.Namespace) -> None:
+def measure_torch(
+    row: SpeedRow, models: Mapping[str, nn.Module], int8_session: ort.InferenceSession, args: argparse.Namespace
+) -> None:
     """PyTorch training form, fused form and INT8 .pth path, with ORT INT8 on the same input."""
     image = np.random.default_rng(3).random((1, 3, TORCH_SIZE, TORCH_SIZE), dtype=np.float32)
     runners = {fmt: functools.partial(model, torch.from_numpy(image)) for fmt, model in models.items()}
@@ -264,7 +266,6 @@ def measure_head_to_head(int8_models: Mapping[str, bytes], args: argparse.Namesp
     )
 
 
-
 # Roofline ---------------------------------------------------------------------------------
 
 
@@ -287,7 +288,6 @@ def measure_roofline(args: argparse.Namespace) -> Roofline:
     return Roofline(macs, timings, [CpuSnapshot.now().others_share_since(start)])
 
 
-
 # Quality at equal training budget ----------------------------------------------------------
 
 
@@ -306,11 +306,7 @@ def cpu_model() -> str:
 
 
 def machine_line(threads: int) -> str:
-    return (
-        f"torch {torch.__version__}, onnxruntime {ort.__version__}; "
-        f"CPU: {cpu_model()}; {threads} threads"
-    )
-
+    return f"torch {torch.__version__}, onnxruntime {ort.__version__}; CPU: {cpu_model()}; {threads} threads"
 
 
 def library_versions() -> str:
@@ -321,7 +317,6 @@ def library_versions() -> str:
         f"onnx {onnx.__version__}, spandrel {spandrel.__version__}, numpy {np.__version__}, "
         f"opencv {cv2.__version__}"
     )
-
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -339,8 +334,11 @@ def run_compare(args: argparse.Namespace) -> int:
             "machine": f"{machine_line(args.threads)}, {os.cpu_count()} CPUs visible",
             "versions": library_versions(),
             "options": options,
-            "peers": {name: PEERS[name].hyperparameters
-                      for name in dict.fromkeys([*args.peers, *args.quality_models]) if name in PEERS},
+            "peers": {
+                name: PEERS[name].hyperparameters
+                for name in dict.fromkeys([*args.peers, *args.quality_models])
+                if name in PEERS
+            },
         }
     )
 
@@ -361,8 +359,10 @@ def run_compare(args: argparse.Namespace) -> int:
             # another roofline pass after each scale: the peak keeps each stack's fastest pass
             results.roofline = results.roofline.merged(measure_roofline(args))
             roofline = results.roofline
-            progress(f"x{scale} head-to-head and roofline (FP32 {roofline.peak(ORT_FP32) / 1e9:.0f}, "
-                     f"INT8 {roofline.peak(ORT_INT8) / 1e9:.0f} GMAC/s) measured")
+            progress(
+                f"x{scale} head-to-head and roofline (FP32 {roofline.peak(ORT_FP32) / 1e9:.0f}, "
+                f"INT8 {roofline.peak(ORT_INT8) / 1e9:.0f} GMAC/s) measured"
+            )
             save_results(results, out_dir)
     if not args.skip_quality:
         results.quality = measure_quality(args, out_dir)
@@ -378,12 +378,20 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 QUICK_DEFAULTS = {
-    "presets": ["aether_tiny"], "peers": [SPAN_BASELINE, "UltraCompact"], "scales": [4],
-    "repeats": 3, "budget": 20, "skip_hd": True,
+    "presets": ["aether_tiny"],
+    "peers": [SPAN_BASELINE, "UltraCompact"],
+    "scales": [4],
+    "repeats": 3,
+    "budget": 20,
+    "skip_hd": True,
 }
 FULL_DEFAULTS = {
-    "presets": list(PRESET_FACTORIES), "peers": list(PEERS), "scales": [2, 4],
-    "repeats": 7, "budget": 700, "skip_hd": False,
+    "presets": list(PRESET_FACTORIES),
+    "peers": list(PEERS),
+    "scales": [2, 4],
+    "repeats": 7,
+    "budget": 700,
+    "skip_hd": False,
 }
 
 
@@ -420,7 +428,6 @@ def resolve_compare_options(args: argparse.Namespace) -> None:
             pass
     except OSError as exc:
         raise InputError(f"--out {str(out_dir)!r}: cannot write there ({exc.strerror or exc})") from None
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -485,7 +492,6 @@ def run_readme_table(args: argparse.Namespace) -> int:
     return 0
 
 
-
 # ---------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------
@@ -497,40 +503,85 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
         help="speed (ORT FP32/FP16/INT8, PyTorch), roofline efficiency and quality at equal "
         "training budget of the presets next to SPAN, Compact, PLKSR and RRDB",
     )
-    compare.add_argument("--out", required=True, metavar="DIR",
-                         help=f"folder for {REPORT_NAME}, {RESULTS_JSON}, the PNG plots and the training logs")
-    compare.add_argument("--quick", action="store_true",
-                         help="a smoke run of a few minutes: aether_tiny, SPAN-28 and UltraCompact at x4, "
-                              "no 1280x720, 3 timed rounds, 20 training steps (explicit options still apply)")
-    compare.add_argument("--render-only", action="store_true",
-                         help=f"only rewrite the report and plots from DIR/{RESULTS_JSON}")
+    compare.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help=f"folder for {REPORT_NAME}, {RESULTS_JSON}, the PNG plots and the training logs",
+    )
+    compare.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few minutes: aether_tiny, SPAN-28 and UltraCompact at x4, "
+        "no 1280x720, 3 timed rounds, 20 training steps (explicit options still apply)",
+    )
+    compare.add_argument(
+        "--render-only", action="store_true", help=f"only rewrite the report and plots from DIR/{RESULTS_JSON}"
+    )
     speed = compare.add_argument_group("speed")
-    speed.add_argument("--presets", nargs="+", metavar="PRESET", choices=list(PRESET_FACTORIES),
-                       help="AetherNet presets (default: all)")
-    speed.add_argument("--peers", nargs="+", metavar="PEER", choices=list(PEERS),
-                       help=f"peer networks (default: all of {', '.join(PEERS)})")
-    speed.add_argument("--scales", nargs="+", type=whole_number(1), metavar="S", help="scales timed at 256x256 (default: 2 4)")
+    speed.add_argument(
+        "--presets",
+        nargs="+",
+        metavar="PRESET",
+        choices=list(PRESET_FACTORIES),
+        help="AetherNet presets (default: all)",
+    )
+    speed.add_argument(
+        "--peers",
+        nargs="+",
+        metavar="PEER",
+        choices=list(PEERS),
+        help=f"peer networks (default: all of {', '.join(PEERS)})",
+    )
+    speed.add_argument(
+        "--scales", nargs="+", type=whole_number(1), metavar="S", help="scales timed at 256x256 (default: 2 4)"
+    )
     speed.add_argument("--size", type=whole_number(1), default=256, help="square input size (default: 256)")
-    speed.add_argument("--threads", type=whole_number(1), default=2, help="intra-op threads, ORT and torch (default: 2)")
+    speed.add_argument(
+        "--threads", type=whole_number(1), default=2, help="intra-op threads, ORT and torch (default: 2)"
+    )
     speed.add_argument("--repeats", type=whole_number(1), help="most timed rounds per measurement (default: 7)")
-    speed.add_argument("--budget-s", type=float, default=30.0,
-                       help="seconds one measurement should take: slow models get fewer rounds, at least 3 "
-                            "(1 at 1280x720) (default: 30)")
-    speed.add_argument("--hd-scale", type=int, help="scale of the 1280x720 and PyTorch rows (default: the largest of --scales)")
-    speed.add_argument("--hd-repeats", type=whole_number(1), default=3, help="most timed rounds at 1280x720 (default: 3)")
-    speed.add_argument("--max-run-s", type=float, default=60.0,
-                       help="leave out a 1280x720 measurement whose single run is predicted longer (default: 60)")
+    speed.add_argument(
+        "--budget-s",
+        type=float,
+        default=30.0,
+        help="seconds one measurement should take: slow models get fewer rounds, at least 3 "
+        "(1 at 1280x720) (default: 30)",
+    )
+    speed.add_argument(
+        "--hd-scale", type=int, help="scale of the 1280x720 and PyTorch rows (default: the largest of --scales)"
+    )
+    speed.add_argument(
+        "--hd-repeats", type=whole_number(1), default=3, help="most timed rounds at 1280x720 (default: 3)"
+    )
+    speed.add_argument(
+        "--max-run-s",
+        type=float,
+        default=60.0,
+        help="leave out a 1280x720 measurement whose single run is predicted longer (default: 60)",
+    )
     speed.add_argument("--skip-hd", action="store_true", help="no 1280x720 rows")
     speed.add_argument("--skip-torch", action="store_true", help="no PyTorch rows")
     speed.add_argument("--skip-speed", action="store_true", help="no speed rows at all (quality only)")
     quality = compare.add_argument_group("quality at equal training budget")
     quality.add_argument("--skip-quality", action="store_true", help="no training")
-    quality.add_argument("--budget", type=whole_number(2), metavar="STEPS",
-                         help="training steps per model, the same for all (default: 700)")
-    quality.add_argument("--quality-models", nargs="+", metavar="MODEL", choices=[*PRESET_FACTORIES, *PEERS],
-                         default=["aether_tiny", SPAN_BASELINE, "UltraCompact"],
-                         help="models trained (default: aether_tiny SPAN-28 UltraCompact)")
-    quality.add_argument("--quality-scale", type=whole_number(1), default=2, help="scale they are trained at (default: 2)")
+    quality.add_argument(
+        "--budget",
+        type=whole_number(2),
+        metavar="STEPS",
+        help="training steps per model, the same for all (default: 700)",
+    )
+    quality.add_argument(
+        "--quality-models",
+        nargs="+",
+        metavar="MODEL",
+        choices=[*PRESET_FACTORIES, *PEERS],
+        default=["aether_tiny", SPAN_BASELINE, "UltraCompact"],
+        help="models trained (default: aether_tiny SPAN-28 UltraCompact)",
+    )
+    quality.add_argument(
+        "--quality-scale", type=whole_number(1), default=2, help="scale they are trained at (default: 2)"
+    )
     quality.add_argument("--lr-patch", type=whole_number(1), default=32, help="LR patch size (default: 32)")
     quality.add_argument("--batch-size", type=whole_number(1), default=16, help="patches per step (default: 16)")
     quality.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, all models (default: 1e-3)")
@@ -538,14 +589,22 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
     quality.add_argument("--val-dir", default="samples/val", help="held-out HR images (default: samples/val)")
     qat = compare.add_argument_group("QAT on the shipped sample")
     qat.add_argument("--skip-qat", action="store_true", help="no QAT quality and step cost")
-    qat.add_argument("--float-checkpoint", default="samples/aether_tiny_x2_float.pth",
-                     help="a float checkpoint (default: samples/aether_tiny_x2_float.pth)")
-    qat.add_argument("--qat-checkpoint", default="samples/aether_tiny_x2.pth",
-                     help="its QAT fine-tune (default: samples/aether_tiny_x2.pth)")
-    qat.add_argument("--calibration-dir", default="samples/train",
-                     help="images for the PTQ version of the float checkpoint (default: samples/train)")
+    qat.add_argument(
+        "--float-checkpoint",
+        default="samples/aether_tiny_x2_float.pth",
+        help="a float checkpoint (default: samples/aether_tiny_x2_float.pth)",
+    )
+    qat.add_argument(
+        "--qat-checkpoint",
+        default="samples/aether_tiny_x2.pth",
+        help="its QAT fine-tune (default: samples/aether_tiny_x2.pth)",
+    )
+    qat.add_argument(
+        "--calibration-dir",
+        default="samples/train",
+        help="images for the PTQ version of the float checkpoint (default: samples/train)",
+    )
     compare.set_defaults(run=run_compare)
-
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -28,7 +28,15 @@ from aether_bench_report import AETHER_INT8, PEER_INT8, QatResult, QualityResult
 from aether_data import bicubic_upscale, evaluation_pair, list_images, psnr, read_image, to_image
 from aether_measure import macs_per_lr_pixel, parameter_count, time_interleaved, time_sessions
 from aether_peers import CALIBRATION_INPUTS, PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
-from aether_runtime import CPU_PROVIDER, Upscaler, calibration_batches, int8_model, onnx_models, onnx_runtime, ort_session
+from aether_runtime import (
+    CPU_PROVIDER,
+    Upscaler,
+    calibration_batches,
+    int8_model,
+    onnx_models,
+    onnx_runtime,
+    ort_session,
+)
 from aether_training import AetherNetPolicy, Processes, Trainer, TrainingOptions, TrainingPolicy, seed_everything
 
 QAT_SHARE = 0.2  # aether_tiny's last fifth of the training budget is QAT
@@ -78,10 +86,20 @@ def training_options(name: str, args: argparse.Namespace, out_dir: Path) -> Trai
     QAT_SHARE of the same number of steps."""
     aether = name in PRESET_FACTORIES
     return TrainingOptions(
-        train_dir=[args.train_dir], steps=args.budget, scale=args.quality_scale, lr_patch=args.lr_patch,
-        batch_size=args.batch_size, lr=args.lr, threads=args.threads, seed=0, val_every=0, save_every=0,
-        log_every=max(1, args.budget // 10), out_dir=str(out_dir),
-        preset=name if aether else None, qat_after=qat_switch_step(args.budget) if aether else None,
+        train_dir=[args.train_dir],
+        steps=args.budget,
+        scale=args.quality_scale,
+        lr_patch=args.lr_patch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+        seed=0,
+        val_every=0,
+        save_every=0,
+        log_every=max(1, args.budget // 10),
+        out_dir=str(out_dir),
+        preset=name if aether else None,
+        qat_after=qat_switch_step(args.budget) if aether else None,
     ).check()
 
 
@@ -155,8 +173,16 @@ def measure_quality(args: argparse.Namespace, out_dir: Path) -> QualityResult:
         row.int8_latency = latencies[row.model]
     shared = training_options("peer", args, Path("RUN_DIR"))
     training = shlex.join(dataclasses.replace(shared, out_dir=None).flags())
-    return QualityResult(scale, args.budget, training, [name for name, _, _ in pairs], bicubic, args.size, rows,
-                         qat_switch_step(args.budget))
+    return QualityResult(
+        scale,
+        args.budget,
+        training,
+        [name for name, _, _ in pairs],
+        bicubic,
+        args.size,
+        rows,
+        qat_switch_step(args.budget),
+    )
 
 
 # QAT: the shipped sample's INT8 quality, and the cost of a QAT step -------------------------
@@ -196,15 +222,23 @@ def measure_qat(args: argparse.Namespace) -> QatResult:
     fp32 = float_copy(float_model)
     ptq, _ = int8_model(float_model, fp32, profile="cpu", calibration=calibration)
     qat, _ = int8_model(qat_model, float_copy(qat_model), profile="cpu", calibration=[])
-    protos = {"FP32": onnx_models(fp32, fp16=False)["fp32"], "QAT-INT8": onnx_model_proto(qat),
-              "PTQ-INT8": onnx_model_proto(ptq)}
+    protos = {
+        "FP32": onnx_models(fp32, fp16=False)["fp32"],
+        "QAT-INT8": onnx_model_proto(qat),
+        "PTQ-INT8": onnx_model_proto(ptq),
+    }
     upscalers = {"bicubic": bicubic_upscaler(scale)}
     upscalers.update({name: onnx_upscaler(proto.SerializeToString(), args.threads) for name, proto in protos.items()})
     setup, float_step, qat_step = qat_step_timings(args)
     return QatResult(
-        scale=scale, float_checkpoint=args.float_checkpoint, qat_checkpoint=args.qat_checkpoint, val_dir=args.val_dir,
+        scale=scale,
+        float_checkpoint=args.float_checkpoint,
+        qat_checkpoint=args.qat_checkpoint,
+        val_dir=args.val_dir,
         calibration=f"LR crops of the {len(calibration)} images of `{args.calibration_dir}`",
         images=[name for name, _, _ in pairs],
         psnr={name: psnr_per_image(upscale, pairs, scale) for name, upscale in upscalers.items()},
-        step_setup=setup, float_step=float_step, qat_step=qat_step,
+        step_setup=setup,
+        float_step=float_step,
+        qat_step=qat_step,
     )

@@ -268,9 +268,15 @@ def int8_fastest_findings(results: CompareResults, size: int) -> list[Finding]:
         met = fastest[0] == ORT_INT8 and ratio >= INT8_SPEEDUP_TARGET
         for label in (HD_LABEL, square_label(TORCH_SIZE)):
             int8_other = row.median(ORT_INT8, label)
-            slower = [(f, ms) for f in (ORT_FP32, TORCH_TRAINING_FORM, TORCH_FUSED, TORCH_INT8) if (ms := row.median(f, label))]
+            slower = [
+                (f, ms)
+                for f in (ORT_FP32, TORCH_TRAINING_FORM, TORCH_FUSED, TORCH_INT8)
+                if (ms := row.median(f, label))
+            ]
             if int8_other is not None and slower:
-                text += f"; at {label}: INT8 {int8_other:.1f} ms vs " + ", ".join(f"{f} {ms:.1f} ms" for f, ms in slower)
+                text += f"; at {label}: INT8 {int8_other:.1f} ms vs " + ", ".join(
+                    f"{f} {ms:.1f} ms" for f, ms in slower
+                )
                 met = met and all(int8_other < ms for _, ms in slower)
         if fastest[0] != ORT_INT8:
             text += f"; the fastest format is {fastest[0]}"
@@ -288,7 +294,10 @@ def span_findings(results: CompareResults, size: int) -> list[Finding]:
         if tiny is None or span is None:
             findings.append(Finding(None, f"speed ×{scale}: aether_tiny or {SPAN_BASELINE} not measured"))
             continue
-        tiny_ms, span_ms = results.int8_head_to_head("aether_tiny", scale), results.int8_head_to_head(SPAN_BASELINE, scale)
+        tiny_ms, span_ms = (
+            results.int8_head_to_head("aether_tiny", scale),
+            results.int8_head_to_head(SPAN_BASELINE, scale),
+        )
         source = "timed interleaved"
         if tiny_ms is None or span_ms is None:
             tiny_ms, span_ms, source = tiny.median(ORT_INT8, square), span.median(ORT_INT8, square), "separate rows"
@@ -325,7 +334,10 @@ def rrdb_findings(results: CompareResults, size: int) -> list[Finding]:
         if rrdb is None or rrdb.fastest(square) is None or row.fastest(square) is None:
             findings.append(Finding(None, f"`{row.model}` ×{row.scale}: {RRDB} not measured"))
             continue
-        (fmt, ms), (rrdb_fmt, rrdb_ms) = fastest_for_comparison(results, row, size), fastest_for_comparison(results, rrdb, size)
+        (fmt, ms), (rrdb_fmt, rrdb_ms) = (
+            fastest_for_comparison(results, row, size),
+            fastest_for_comparison(results, rrdb, size),
+        )
         ratio = rrdb_ms / ms
         findings.append(
             Finding(
@@ -361,9 +373,19 @@ def ratio_cell(numerator: float | None, denominator: float | None, target: float
 def speed_table(results: CompareResults, size: int) -> str:
     square = square_label(size)
     header = (
-        "model", "scale", "params (M)", "MACs/LR px (K)", "ORT FP32 ms", "ORT FP16 ms",
-        "ORT INT8 ms", "INT8 from", "INT8 speed-up", "roofline FP32", "roofline INT8",
-        "fastest vs RRDB", "CPU used by others",
+        "model",
+        "scale",
+        "params (M)",
+        "MACs/LR px (K)",
+        "ORT FP32 ms",
+        "ORT FP16 ms",
+        "ORT INT8 ms",
+        "INT8 from",
+        "INT8 speed-up",
+        "roofline FP32",
+        "roofline INT8",
+        "fastest vs RRDB",
+        "CPU used by others",
     )
     rows = []
     for row in results.speed:
@@ -381,10 +403,14 @@ def speed_table(results: CompareResults, size: int) -> str:
                 timing_cell(row, ORT_FP16, square),
                 timing_cell(row, ORT_INT8, square),
                 row.int8_method,
-                ratio_cell(row.median(ORT_FP32, square), row.median(ORT_INT8, square), INT8_SPEEDUP_TARGET if preset else None),
+                ratio_cell(
+                    row.median(ORT_FP32, square), row.median(ORT_INT8, square), INT8_SPEEDUP_TARGET if preset else None
+                ),
                 efficiency_cell(row, ORT_FP32, square, results.roofline),
                 efficiency_cell(row, ORT_INT8, square, results.roofline),
-                ratio_cell(rrdb_fastest and rrdb_fastest[1], fastest and fastest[1], RRDB_SPEEDUP_TARGET if preset else None),
+                ratio_cell(
+                    rrdb_fastest and rrdb_fastest[1], fastest and fastest[1], RRDB_SPEEDUP_TARGET if preset else None
+                ),
                 f"{row.others_cpu_share:.0%}",
             )
         )
@@ -411,7 +437,16 @@ def hd_table(results: CompareResults) -> str | None:
     measured = [r for r in results.speed if HD_LABEL in r.lr_pixels]
     if not measured:
         return None
-    header = ("model", "scale", "input", "ORT FP32 ms", "ORT INT8 ms", "INT8 speed-up", "roofline FP32", "roofline INT8")
+    header = (
+        "model",
+        "scale",
+        "input",
+        "ORT FP32 ms",
+        "ORT INT8 ms",
+        "INT8 speed-up",
+        "roofline FP32",
+        "roofline INT8",
+    )
     rows = []
     for row in measured:
         pixels = row.lr_pixels[HD_LABEL]
@@ -423,8 +458,11 @@ def hd_table(results: CompareResults) -> str | None:
                 f"{tiles} tiles of {square_label(HD_TILE)}" if tiles else "whole frame",
                 timing_cell(row, ORT_FP32, HD_LABEL),
                 timing_cell(row, ORT_INT8, HD_LABEL),
-                ratio_cell(row.median(ORT_FP32, HD_LABEL), row.median(ORT_INT8, HD_LABEL),
-                           INT8_SPEEDUP_TARGET if row.family == "AetherNet" else None),
+                ratio_cell(
+                    row.median(ORT_FP32, HD_LABEL),
+                    row.median(ORT_INT8, HD_LABEL),
+                    INT8_SPEEDUP_TARGET if row.family == "AetherNet" else None,
+                ),
                 efficiency_cell(row, ORT_FP32, HD_LABEL, results.roofline),
                 efficiency_cell(row, ORT_INT8, HD_LABEL, results.roofline),
             )
@@ -437,7 +475,15 @@ def torch_table(results: CompareResults) -> str | None:
     measured = [r for r in results.speed if label in r.lr_pixels]
     if not measured:
         return None
-    header = ("preset", "scale", "torch training form ms", "torch fused ms", "fusion speed-up", "torch INT8 .pth ms", "ORT INT8 ms")
+    header = (
+        "preset",
+        "scale",
+        "torch training form ms",
+        "torch fused ms",
+        "fusion speed-up",
+        "torch INT8 .pth ms",
+        "ORT INT8 ms",
+    )
     rows = [
         (
             f"`{row.model}`",
@@ -455,8 +501,14 @@ def torch_table(results: CompareResults) -> str | None:
 
 def quality_table(quality: QualityResult) -> str:
     header = (
-        "model", "params (M)", "MACs/LR px (K)", "training wall time", "FP32 PSNR dB (ORT)",
-        "INT8 PSNR dB (ORT)", "INT8 from", f"INT8 latency ms, {square_label(quality.input_size)} ×{quality.scale}",
+        "model",
+        "params (M)",
+        "MACs/LR px (K)",
+        "training wall time",
+        "FP32 PSNR dB (ORT)",
+        "INT8 PSNR dB (ORT)",
+        "INT8 from",
+        f"INT8 latency ms, {square_label(quality.input_size)} ×{quality.scale}",
     )
     rows = [("bicubic", "—", "—", "—", f"{quality.bicubic_psnr:.3f}", "—", "—", "—")]
     rows += [
@@ -631,7 +683,8 @@ def compare_markdown(results: CompareResults) -> str:
             "",
             f"![speed vs quality]({SPEED_QUALITY_PNG})",
             "",
-            f"Every model trained from scratch by aether_train.py's training loop (`aether_training.Trainer`) with the same data, "
+            "Every model trained from scratch by aether_train.py's training loop (`aether_training.Trainer`) with "
+            f"the same data, "
             f"degradation (antialiased bicubic ×{quality.scale}), loss, AdamW, cosine schedule and EMA, "
             f"for {quality.steps} steps each: `{quality.training}`. AetherNet presets train float for "
             f"{quality.qat_after or 'most of the'} steps, then QAT for the rest (`--qat-after`): their FP32 "
@@ -686,11 +739,22 @@ def speed_quality_plot(quality: QualityResult) -> Figure:
     axes = figure.add_subplot()
     for row in quality.rows:
         axes.scatter(row.int8_latency.median, row.psnr_int8, color=family_color(row.model), s=50)
-        axes.annotate(f"{row.model} INT8", (row.int8_latency.median, row.psnr_int8),
-                      textcoords="offset points", xytext=(7, 5), color=family_color(row.model))
+        axes.annotate(
+            f"{row.model} INT8",
+            (row.int8_latency.median, row.psnr_int8),
+            textcoords="offset points",
+            xytext=(7, 5),
+            color=family_color(row.model),
+        )
     axes.axhline(quality.bicubic_psnr, color="grey", linewidth=1.5)
-    axes.annotate("bicubic", (1, quality.bicubic_psnr), xycoords=("axes fraction", "data"),
-                  textcoords="offset points", xytext=(-50, 5), color="grey")
+    axes.annotate(
+        "bicubic",
+        (1, quality.bicubic_psnr),
+        xycoords=("axes fraction", "data"),
+        textcoords="offset points",
+        xytext=(-50, 5),
+        color="grey",
+    )
     axes.set_xscale("log")
     axes.margins(x=0.15)
     _plain_log_ticks(axes.xaxis)

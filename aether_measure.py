@@ -123,7 +123,6 @@ class CpuSnapshot:
         return max(others_s, 0.0) / ((self.wall_s - earlier.wall_s) * (os.cpu_count() or 1))
 
 
-
 def session_runner(session: ort.InferenceSession, image: np.ndarray) -> Callable[[], object]:
     """One run of ``session`` on ``image``, cast once to the session's input type (an FP16 model
     takes float16 input, as the release's model_fp16.onnx does)."""

@@ -57,8 +57,14 @@ def _plksr_tiny(scale: int) -> nn.Module:
     from spandrel.architectures.PLKSR import PLKSR
 
     return PLKSR(
-        dim=64, n_blocks=12, upscaling_factor=scale, ccm_type="DCCM", kernel_size=13,
-        split_ratio=0.25, lk_type="PLK", use_ea=False,
+        dim=64,
+        n_blocks=12,
+        upscaling_factor=scale,
+        ccm_type="DCCM",
+        kernel_size=13,
+        split_ratio=0.25,
+        lk_type="PLK",
+        use_ea=False,
     )
 
 
@@ -76,12 +82,24 @@ class Peer:
 
 
 PEERS: dict[str, Peer] = {
-    "SPAN-48": Peer(_span(48), "feature_channels 48: the SPAN paper's model (NTIRE 2024 ESR winner), Spandrel's default"),
-    SPAN_BASELINE: Peer(_span(28), "feature_channels 28: the NTIRE Efficient SR challenge baseline (published: 0.151 M params at ×4)"),
-    "Compact": Peer(_compact(64, 16), "num_feat 64, num_conv 16: Real-ESRGAN's SRVGGNetCompact defaults (Spandrel's Compact)"),
-    "UltraCompact": Peer(_compact(64, 8), "num_feat 64, num_conv 8: traiNNer-redux `ultracompact` (archs/srvgg_arch.py)"),
+    "SPAN-48": Peer(
+        _span(48), "feature_channels 48: the SPAN paper's model (NTIRE 2024 ESR winner), Spandrel's default"
+    ),
+    SPAN_BASELINE: Peer(
+        _span(28), "feature_channels 28: the NTIRE Efficient SR challenge baseline (published: 0.151 M params at ×4)"
+    ),
+    "Compact": Peer(
+        _compact(64, 16), "num_feat 64, num_conv 16: Real-ESRGAN's SRVGGNetCompact defaults (Spandrel's Compact)"
+    ),
+    "UltraCompact": Peer(
+        _compact(64, 8), "num_feat 64, num_conv 8: traiNNer-redux `ultracompact` (archs/srvgg_arch.py)"
+    ),
     "SuperUltraCompact": Peer(_compact(24, 8), "num_feat 24, num_conv 8: traiNNer-redux `superultracompact`"),
-    "PLKSR-tiny": Peer(_plksr_tiny, "dim 64, 12 blocks, DCCM, kernel 13, split 0.25, no EA: traiNNer-redux `plksr_tiny` (archs/plksr_arch.py; neosr's is the same)"),
+    "PLKSR-tiny": Peer(
+        _plksr_tiny,
+        "dim 64, 12 blocks, DCCM, kernel 13, split 0.25, no EA: traiNNer-redux `plksr_tiny` "
+        "(archs/plksr_arch.py; neosr's is the same)",
+    ),
     RRDB: Peer(
         _rrdb,
         "64 filters, 23 RRDB blocks: ESRGAN (Wang et al. 2018), Spandrel's defaults. 1280×720 runs in tiles: "
@@ -110,7 +128,6 @@ def peer_deploy_form(model: nn.Module) -> nn.Module:
     deployed = copy.deepcopy(model).eval()
     fold(deployed)
     return deployed
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,9 +203,7 @@ def onnx_bytes(model: nn.Module, in_channels: int = 3) -> bytes:
     return onnx_model_proto(exportable, opset=17).SerializeToString()
 
 
-def static_int8_bytes(
-    fp32_model: bytes, calibration_inputs: Sequence[np.ndarray] | None = None
-) -> bytes:
+def static_int8_bytes(fp32_model: bytes, calibration_inputs: Sequence[np.ndarray] | None = None) -> bytes:
     """quantize_int8 for serialized models."""
     with tempfile.TemporaryDirectory(prefix="aether_bench_") as workdir:
         fp32_path = os.path.join(workdir, "fp32.onnx")

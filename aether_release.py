@@ -157,36 +157,76 @@ def build_parser() -> argparse.ArgumentParser:
         "and comparison.png; model_fp16.onnx takes and returns float16 tensors. Exit codes: 0 all "
         "artifacts passed, 1 an artifact failed validation (kept as NAME.failed), 2 bad input.",
     )
-    parser.add_argument("--model-path", required=True, metavar="CKPT",
-                        help="AetherNet checkpoint (.pth/.pt/.safetensors; training form, fused "
-                             "or QAT; params_ema preferred)")
-    parser.add_argument("--output-dir", required=True, metavar="DIR",
-                        help="where the artifacts and reports go (created if missing; existing "
-                             "release files in it are replaced atomically)")
-    parser.add_argument("--validation-dir", required=True, metavar="DIR",
-                        help="images every artifact must upscale correctly; each is mod-cropped, "
-                             "bicubic-downscaled, upscaled and compared with the original")
-    parser.add_argument("--calibration-dir", metavar="DIR",
-                        help="images for INT8 post-training calibration of non-QAT checkpoints "
-                             "(default: the validation images; held-out images give a fairer "
-                             "INT8 score)")
-    parser.add_argument("--opset", type=int, default=17, choices=ONNX_OPSETS,
-                        help="ONNX opset (default: %(default)s, the DirectML maximum)")
-    parser.add_argument("--int8-profile", default="cpu", choices=tuple(INT8_PROFILES),
-                        help="INT8 target: cpu = ONNX Runtime CPU (uint8 activations), tensorrt = "
-                             "symmetric int8 activations (default: %(default)s)")
-    parser.add_argument("--skip-fp16", action="store_true",
-                        help="do not make the FP16 files (FP16 files of an earlier release in "
-                             "--output-dir are removed, so the folder stays one release)")
-    parser.add_argument("--skip-int8", action="store_true",
-                        help="do not make the INT8 files (likewise removes earlier ones)")
-    parser.add_argument("--max-images", type=whole_number(1), metavar="N",
-                        help="use at most N usable images from each image folder (default: all)")
-    parser.add_argument("--threads", type=whole_number(1), default=2, metavar="N",
-                        help="CPU threads for PyTorch and ONNX Runtime (default: %(default)s)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                        help="PyTorch device for calibration and for validating the .pth files "
-                             "(default: %(default)s = cuda when available)")
+    parser.add_argument(
+        "--model-path",
+        required=True,
+        metavar="CKPT",
+        help="AetherNet checkpoint (.pth/.pt/.safetensors; training form, fused or QAT; params_ema preferred)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        required=True,
+        metavar="DIR",
+        help="where the artifacts and reports go (created if missing; existing "
+        "release files in it are replaced atomically)",
+    )
+    parser.add_argument(
+        "--validation-dir",
+        required=True,
+        metavar="DIR",
+        help="images every artifact must upscale correctly; each is mod-cropped, "
+        "bicubic-downscaled, upscaled and compared with the original",
+    )
+    parser.add_argument(
+        "--calibration-dir",
+        metavar="DIR",
+        help="images for INT8 post-training calibration of non-QAT checkpoints "
+        "(default: the validation images; held-out images give a fairer "
+        "INT8 score)",
+    )
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=17,
+        choices=ONNX_OPSETS,
+        help="ONNX opset (default: %(default)s, the DirectML maximum)",
+    )
+    parser.add_argument(
+        "--int8-profile",
+        default="cpu",
+        choices=tuple(INT8_PROFILES),
+        help="INT8 target: cpu = ONNX Runtime CPU (uint8 activations), tensorrt = "
+        "symmetric int8 activations (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--skip-fp16",
+        action="store_true",
+        help="do not make the FP16 files (FP16 files of an earlier release in "
+        "--output-dir are removed, so the folder stays one release)",
+    )
+    parser.add_argument(
+        "--skip-int8", action="store_true", help="do not make the INT8 files (likewise removes earlier ones)"
+    )
+    parser.add_argument(
+        "--max-images",
+        type=whole_number(1),
+        metavar="N",
+        help="use at most N usable images from each image folder (default: all)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=whole_number(1),
+        default=2,
+        metavar="N",
+        help="CPU threads for PyTorch and ONNX Runtime (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help="PyTorch device for calibration and for validating the .pth files "
+        "(default: %(default)s = cuda when available)",
+    )
     return parser
 
 
@@ -271,9 +311,7 @@ def load_images(
         images.append(ValidationImage(path.name, hr, lr, bicubic, notes))
     folder = paths[0].parent
     if not images:
-        raise InputError(
-            f"{option} {str(folder)!r}: no usable images ({len(skipped)} skipped: {'; '.join(skipped)})"
-        )
+        raise InputError(f"{option} {str(folder)!r}: no usable images ({len(skipped)} skipped: {'; '.join(skipped)})")
     for reason in skipped:
         warn(f"{option}: skipped {reason}", warnings_seen)
     for image in images:
@@ -287,9 +325,7 @@ def make_staging_dir(output_dir: Path) -> tempfile.TemporaryDirectory:
         output_dir.mkdir(parents=True, exist_ok=True)
         return tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir)
     except OSError as exc:
-        raise InputError(
-            f"--output-dir {str(output_dir)!r} is not writable ({exc.strerror or exc})"
-        ) from None
+        raise InputError(f"--output-dir {str(output_dir)!r} is not writable ({exc.strerror or exc})") from None
 
 
 def load_source(path: str) -> tuple[AetherNet, dict[str, Any], dict[str, Any]]:
@@ -357,8 +393,14 @@ def warn_about_ptq(
 
 
 def release_metadata(
-    model: AetherNet, source_path: str, source_sha256: str, *, precision: str,
-    io_dtype: str, quantization: str, int8_profile: str,
+    model: AetherNet,
+    source_path: str,
+    source_sha256: str,
+    *,
+    precision: str,
+    io_dtype: str,
+    quantization: str,
+    int8_profile: str,
 ) -> dict[str, Any]:
     """Metadata stored in every artifact (ONNX metadata_props / .pth "metadata")."""
     return checkpoint_metadata(
@@ -417,10 +459,7 @@ class RunResult:
             "latency_runs": self.latency_runs,
             "worst_fidelity_db": json_number(self.worst_fidelity()),
             "mean_quality_db": json_number(self.mean_quality()),
-            "images": [
-                {k: json_number(v) if k.endswith("_db") else v for k, v in r.items()}
-                for r in self.per_image
-            ],
+            "images": [{k: json_number(v) if k.endswith("_db") else v for k, v in r.items()} for r in self.per_image],
         }
 
 
@@ -429,8 +468,13 @@ def check_output(
 ) -> tuple[dict[str, Any], list[str]]:
     """(per-image record, failures) for one output."""
     expected = (1, 3, image.lr.shape[-2] * scale, image.lr.shape[-1] * scale)
-    record = {"image": image.name, "output_shape": list(output.shape), "fidelity_db": None,
-              "quality_db": None, "bicubic_db": image.bicubic_psnr}
+    record = {
+        "image": image.name,
+        "output_shape": list(output.shape),
+        "fidelity_db": None,
+        "quality_db": None,
+        "bicubic_db": image.bicubic_psnr,
+    }
     if tuple(output.shape) != expected:
         return record, [f"{image.name}: output shape {tuple(output.shape)}, expected {expected}"]
     if not np.isfinite(output).all():
@@ -451,8 +495,12 @@ def check_output(
 
 
 def validate(
-    runtime: Runtime, images: list[ValidationImage], references: list[np.ndarray],
-    floor: float, scale: int, progress: tqdm,
+    runtime: Runtime,
+    images: list[ValidationImage],
+    references: list[np.ndarray],
+    floor: float,
+    scale: int,
+    progress: tqdm,
 ) -> RunResult:
     result = RunResult(runtime.label, runtime.note)
     try:
@@ -462,7 +510,7 @@ def validate(
         progress.update(len(images))
         return result
     first_run_s = None
-    for index, (image, reference) in enumerate(zip(images, references)):
+    for index, (image, reference) in enumerate(zip(images, references, strict=True)):
         try:
             start = time.perf_counter()
             output = upscale(image.lr.numpy())
@@ -487,9 +535,7 @@ def validate(
 def median_latency_ms(upscale: Upscaler, lr: np.ndarray, first_run_s: float) -> tuple[float, int]:
     """(median milliseconds, number of runs)."""
     samples = [first_run_s]
-    while len(samples) == 1 or (
-        len(samples) < LATENCY_MAX_RUNS and sum(samples[1:]) < LATENCY_BUDGET_S
-    ):
+    while len(samples) == 1 or (len(samples) < LATENCY_MAX_RUNS and sum(samples[1:]) < LATENCY_BUDGET_S):
         start = time.perf_counter()
         upscale(lr)
         samples.append(time.perf_counter() - start)
@@ -556,9 +602,7 @@ def comparison_image(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     return np.hstack([part for column in columns for part in (column, gutter)][:-1])
 
 
-SUMMARY_HEADER = [
-    "artifact", "runtime", "size", "fidelity dB (floor)", "PSNR dB", "bicubic dB", "latency ms", "result"
-]
+SUMMARY_HEADER = ["artifact", "runtime", "size", "fidelity dB (floor)", "PSNR dB", "bicubic dB", "latency ms", "result"]
 
 
 def summary_rows(results: list[ArtifactResult]) -> list[list[str]]:
@@ -566,30 +610,35 @@ def summary_rows(results: list[ArtifactResult]) -> list[list[str]]:
     for artifact in results:
         for run in artifact.runs:
             bicubic = statistics.fmean(r["bicubic_db"] for r in run.per_image) if run.per_image else None
-            rows.append([
-                artifact.name,
-                run.runtime,
-                format_size(artifact.size),
-                f"{format_db(run.worst_fidelity())} (>= {FIDELITY_FLOOR_DB[artifact.precision]:g})",
-                format_db(run.mean_quality()),
-                format_db(bicubic),
-                "-" if run.latency_ms is None else f"{run.latency_ms:.1f}",
-                "ok" if run.passed else "FAILED",
-            ])
+            rows.append(
+                [
+                    artifact.name,
+                    run.runtime,
+                    format_size(artifact.size),
+                    f"{format_db(run.worst_fidelity())} (>= {FIDELITY_FLOOR_DB[artifact.precision]:g})",
+                    format_db(run.mean_quality()),
+                    format_db(bicubic),
+                    "-" if run.latency_ms is None else f"{run.latency_ms:.1f}",
+                    "ok" if run.passed else "FAILED",
+                ]
+            )
     return rows
 
 
 def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> str:
     source, int8 = report["source"], report["int8"]
-    int8_line = "skipped" if int8["quantization"] is None else (
-        f"{int8['quantization'].upper()}, profile `{int8['profile']}`"
-        + (f", calibrated on {int8['calibration']}" if int8["calibration"] else "")
+    int8_line = (
+        "skipped"
+        if int8["quantization"] is None
+        else (
+            f"{int8['quantization'].upper()}, profile `{int8['profile']}`"
+            + (f", calibrated on {int8['calibration']}" if int8["calibration"] else "")
+        )
     )
     lines = [
         f"# AetherNet release: {source['preset']} x{source['config']['scale']}",
         "",
-        f"Status: **{report['status']}**. Made {report['created']} by {PROG} "
-        f"(aether_arch {report['aether_version']}).",
+        f"Status: **{report['status']}**. Made {report['created']} by {PROG} (aether_arch {report['aether_version']}).",
         "",
         f"* Source: `{source['path']}` ({source['form']} checkpoint, sha256 `{source['sha256']}`)",
         f"* Config: `{json.dumps(source['config'], sort_keys=True)}`",
@@ -602,31 +651,46 @@ def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> st
         "",
         "## Artifacts",
         "",
-        markdown_table(["file", "size", "sha256"], [
-            [a["file"], format_size(a["size_bytes"]), f"`{a['sha256']}`"] for a in report["artifacts"]
-        ]),
+        markdown_table(
+            ["file", "size", "sha256"],
+            [[a["file"], format_size(a["size_bytes"]), f"`{a['sha256']}`"] for a in report["artifacts"]],
+        ),
         "",
         markdown_table(SUMMARY_HEADER, summary_rows(results)),
         "",
         "## Per image",
         "",
-        markdown_table(["artifact", "runtime", "image", "fidelity dB", "PSNR dB", "bicubic dB"], [
-            [artifact.name, run.runtime, r["image"], format_db(r["fidelity_db"]),
-             format_db(r["quality_db"]), format_db(r["bicubic_db"])]
-            for artifact in results for run in artifact.runs for r in run.per_image
-        ]),
+        markdown_table(
+            ["artifact", "runtime", "image", "fidelity dB", "PSNR dB", "bicubic dB"],
+            [
+                [
+                    artifact.name,
+                    run.runtime,
+                    r["image"],
+                    format_db(r["fidelity_db"]),
+                    format_db(r["quality_db"]),
+                    format_db(r["bicubic_db"]),
+                ]
+                for artifact in results
+                for run in artifact.runs
+                for r in run.per_image
+            ],
+        ),
         "",
     ]
-    failures = [
-        f"* {a.name} (kept as `{a.final_name}`): {a.failure_summary()}" for a in results if not a.passed
-    ]
+    failures = [f"* {a.name} (kept as `{a.final_name}`): {a.failure_summary()}" for a in results if not a.passed]
     if failures:
         lines += ["## Failures", "", *failures, ""]
     if report["warnings"]:
         lines += ["## Warnings", "", *(f"* {w}" for w in report["warnings"]), ""]
-    lines += ["## Timings", "", markdown_table(["step", "seconds"], [
-        [name, f"{seconds:.2f}"] for name, seconds in report["timings_s"].items()
-    ]), ""]
+    lines += [
+        "## Timings",
+        "",
+        markdown_table(
+            ["step", "seconds"], [[name, f"{seconds:.2f}"] for name, seconds in report["timings_s"].items()]
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -692,7 +756,8 @@ def check_inputs(args: argparse.Namespace, timings: Timings, warnings_seen: list
             raise InputError(f"--output-dir is the {option}: comparison.png would become an input image")
     validation_paths = image_files(args.validation_dir, "--validation-dir")
     separate_calibration = (
-        not args.skip_int8 and args.calibration_dir is not None
+        not args.skip_int8
+        and args.calibration_dir is not None
         and Path(args.calibration_dir).resolve() != Path(args.validation_dir).resolve()
     )
     calibration_paths = image_files(args.calibration_dir, "--calibration-dir") if separate_calibration else []
@@ -700,9 +765,7 @@ def check_inputs(args: argparse.Namespace, timings: Timings, warnings_seen: list
         source, config, source_metadata = load_source(args.model_path)
         source_sha256 = sha256_of(Path(args.model_path))
     with timings.step("read images"):
-        images = load_images(
-            validation_paths, "--validation-dir", config["scale"], args.max_images, warnings_seen
-        )
+        images = load_images(validation_paths, "--validation-dir", config["scale"], args.max_images, warnings_seen)
         if separate_calibration:
             calibration_images = load_images(
                 calibration_paths, "--calibration-dir", config["scale"], args.max_images, warnings_seen
@@ -710,13 +773,19 @@ def check_inputs(args: argparse.Namespace, timings: Timings, warnings_seen: list
             origin = f"{len(calibration_images)} image(s) from {args.calibration_dir}"
         else:
             calibration_images, origin = images, f"the {len(images)} validation image(s)"
-    return Inputs(output_dir, device, source, config, source_metadata, source_sha256, images,
-                  calibration_images, origin)
+    return Inputs(
+        output_dir, device, source, config, source_metadata, source_sha256, images, calibration_images, origin
+    )
 
 
 def write_artifacts(
-    staging: Path, names: list[str], fp32_model: AetherNet, int8: AetherNet | None,
-    metadata: dict[str, dict[str, Any]], opset: int, timings: Timings,
+    staging: Path,
+    names: list[str],
+    fp32_model: AetherNet,
+    int8: AetherNet | None,
+    metadata: dict[str, dict[str, Any]],
+    opset: int,
+    timings: Timings,
 ) -> None:
     with timings.step("export ONNX"):
         protos = onnx_models(fp32_model, int8, opset=opset, fp16="model_fp16.onnx" in names)
@@ -744,8 +813,13 @@ def fp32_references(model: AetherNet, images: list[ValidationImage], device: tor
 
 
 def validate_artifacts(
-    staging: Path, names: list[str], inputs: Inputs, references: list[np.ndarray],
-    metadata: dict[str, dict[str, Any]], threads: int, timings: Timings,
+    staging: Path,
+    names: list[str],
+    inputs: Inputs,
+    references: list[np.ndarray],
+    metadata: dict[str, dict[str, Any]],
+    threads: int,
+    timings: Timings,
 ) -> list[ArtifactResult]:
     runtimes = {}
     for name in names:
@@ -762,14 +836,22 @@ def validate_artifacts(
             progress.set_postfix_str(name)
             with timings.step(f"validate {name}"):
                 runs = [
-                    validate(runtime, inputs.images, references, FIDELITY_FLOOR_DB[precision],
-                             inputs.config["scale"], progress)
+                    validate(
+                        runtime,
+                        inputs.images,
+                        references,
+                        FIDELITY_FLOOR_DB[precision],
+                        inputs.config["scale"],
+                        progress,
+                    )
                     for runtime in runtimes[name]
                 ]
             path = staging / name
-            results.append(ArtifactResult(
-                name, precision, metadata[precision]["quantization"], path.stat().st_size, sha256_of(path), runs
-            ))
+            results.append(
+                ArtifactResult(
+                    name, precision, metadata[precision]["quantization"], path.stat().st_size, sha256_of(path), runs
+                )
+            )
     for artifact in results:
         for run in artifact.runs:
             if run.note:
@@ -790,8 +872,12 @@ def comparison_panels(
 
 
 def build_report(
-    args: argparse.Namespace, inputs: Inputs, quantization: str | None, results: list[ArtifactResult],
-    timings: Timings, warnings_seen: list[str],
+    args: argparse.Namespace,
+    inputs: Inputs,
+    quantization: str | None,
+    results: list[ArtifactResult],
+    timings: Timings,
+    warnings_seen: list[str],
 ) -> dict[str, Any]:
     source = inputs.source
     return {
@@ -816,16 +902,24 @@ def build_report(
         "fidelity_floor_db": FIDELITY_FLOOR_DB,
         "validation_dir": args.validation_dir,
         "images": [
-            {"name": image.name, "hr_size": [image.hr.shape[1], image.hr.shape[0]],
-             "lr_size": [image.lr.shape[-1], image.lr.shape[-2]],
-             "bicubic_db": json_number(image.bicubic_psnr), "notes": image.notes}
+            {
+                "name": image.name,
+                "hr_size": [image.hr.shape[1], image.hr.shape[0]],
+                "lr_size": [image.lr.shape[-1], image.lr.shape[-2]],
+                "bicubic_db": json_number(image.bicubic_psnr),
+                "notes": image.notes,
+            }
             for image in inputs.images
         ],
         "options": vars(args),
         "environment": {
-            "python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__, "pytorch_device": str(inputs.device),
-            "onnxruntime_providers": onnx_providers(), "threads": args.threads,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "pytorch_device": str(inputs.device),
+            "onnxruntime_providers": onnx_providers(),
+            "threads": args.threads,
             "platform": platform.platform(),
         },
         "artifacts": [artifact.to_json() for artifact in results],
@@ -854,25 +948,46 @@ def release(args: argparse.Namespace) -> int:
         if "int8" in precisions:
             if not has_qat_ranges_for(source, args.int8_profile):
                 warn_about_ptq(source, args.model_path, args.int8_profile, inputs.calibration_origin, warnings_seen)
-            calibration = tqdm(calibration_batches(image.lr for image in inputs.calibration_images), desc="calibrating INT8",
-                               unit="img", leave=False, disable=None)
+            calibration = tqdm(
+                calibration_batches(image.lr for image in inputs.calibration_images),
+                desc="calibrating INT8",
+                unit="img",
+                leave=False,
+                disable=None,
+            )
             with timings.step("INT8 model"):
-                int8, quantization = int8_model(source, fp32_model, profile=args.int8_profile,
-                                                calibration=calibration, device=inputs.device)
+                int8, quantization = int8_model(
+                    source, fp32_model, profile=args.int8_profile, calibration=calibration, device=inputs.device
+                )
             if quantization == "ptq" and inputs.calibration_images is inputs.images:
-                note("INT8 was calibrated on the validation images; held-out images "
-                     "(--calibration-dir) give a fairer INT8 score")
+                note(
+                    "INT8 was calibrated on the validation images; held-out images "
+                    "(--calibration-dir) give a fairer INT8 score"
+                )
 
         provenance = {"source_path": args.model_path, "source_sha256": inputs.source_sha256}
         metadata = {
-            "fp32": release_metadata(fp32_model, **provenance, precision="fp32", io_dtype="float32",
-                                     quantization="none", int8_profile="none"),
-            "fp16": release_metadata(fp32_model, **provenance, precision="fp16", io_dtype=FP16_IO_DTYPE,
-                                     quantization="none", int8_profile="none"),
+            "fp32": release_metadata(
+                fp32_model, **provenance, precision="fp32", io_dtype="float32", quantization="none", int8_profile="none"
+            ),
+            "fp16": release_metadata(
+                fp32_model,
+                **provenance,
+                precision="fp16",
+                io_dtype=FP16_IO_DTYPE,
+                quantization="none",
+                int8_profile="none",
+            ),
         }
         if int8 is not None:
-            metadata["int8"] = release_metadata(int8, **provenance, precision="int8", io_dtype="float32",
-                                                quantization=quantization, int8_profile=args.int8_profile)
+            metadata["int8"] = release_metadata(
+                int8,
+                **provenance,
+                precision="int8",
+                io_dtype="float32",
+                quantization=quantization,
+                int8_profile=args.int8_profile,
+            )
         write_artifacts(staging, names, fp32_model, int8, metadata, args.opset, timings)
 
         with timings.step("FP32 reference"):
@@ -883,8 +998,11 @@ def release(args: argparse.Namespace) -> int:
         fp32_quality = by_name["model_fp32.onnx"].runs[0].mean_quality()
         bicubic = statistics.fmean(image.bicubic_psnr for image in inputs.images)
         if fp32_quality is not None and fp32_quality < bicubic:
-            warn(f"the FP32 model ({fp32_quality:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on "
-                 "the validation images: is the checkpoint trained?", warnings_seen)
+            warn(
+                f"the FP32 model ({fp32_quality:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on "
+                "the validation images: is the checkpoint trained?",
+                warnings_seen,
+            )
         panels = comparison_panels(inputs.images[0], references[0], by_name, scale)
         write_image(staging / COMPARISON_PNG, comparison_image(panels))
 
@@ -896,19 +1014,26 @@ def release(args: argparse.Namespace) -> int:
     report = build_report(args, inputs, quantization, results, timings, warnings_seen)
     # Written last, straight into place (each atomically): they describe the folder as
     # published, failures included.
-    reports = {REPORT_JSON: json.dumps(report, indent=2, allow_nan=False) + "\n",
-               REPORT_MD: markdown_report(report, results)}
+    reports = {
+        REPORT_JSON: json.dumps(report, indent=2, allow_nan=False) + "\n",
+        REPORT_MD: markdown_report(report, results),
+    }
     for name, text in reports.items():
         with atomic_write(inputs.output_dir / name) as tmp:
             Path(tmp).write_text(text, encoding="utf-8")
 
     failed = [artifact for artifact in results if not artifact.passed]
     print(markdown_table(SUMMARY_HEADER, summary_rows(results)))
-    print(f"{len(results)} artifact(s) in {inputs.output_dir} after {timings['total']:.1f} s: "
-          + (f"{len(failed)} FAILED" if failed else "all passed"))
+    print(
+        f"{len(results)} artifact(s) in {inputs.output_dir} after {timings['total']:.1f} s: "
+        + (f"{len(failed)} FAILED" if failed else "all passed")
+    )
     for artifact in failed:
-        print(f"{PROG}: error: {artifact.name} failed validation ({artifact.failure_summary()}); "
-              f"moved to {artifact.final_name}", file=sys.stderr)
+        print(
+            f"{PROG}: error: {artifact.name} failed validation ({artifact.failure_summary()}); "
+            f"moved to {artifact.final_name}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

@@ -63,14 +63,14 @@ def int8_model(
     *,
     profile: str,
     calibration: Iterable[torch.Tensor],
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
 ) -> tuple[AetherNet, str]:
     """(calibrated QAT model for ``profile`` on the CPU, "qat" | "ptq"): ``source`` itself when it
     was fine-tuned with QAT for that profile, else post-training calibration (PTQ) of
     ``fp32_model`` (its fused float form) on ``calibration``, float NCHW batches in [0, 1]."""
     if has_qat_ranges_for(source, profile):
         return source, "qat"
-    model = prepare_qat(copy.deepcopy(fp32_model), int8_profile=profile).to(device)
+    model = prepare_qat(copy.deepcopy(fp32_model), int8_profile=profile).to(device or "cpu")
     calibrate_int8(model, calibration)
     return model.cpu().eval(), "ptq"
 
@@ -136,9 +136,7 @@ def resolve_device(option: str) -> torch.device:
     return torch.device(option)
 
 
-def pytorch_runtime(
-    checkpoint: Path | Mapping[str, torch.Tensor], precision: str, device: torch.device
-) -> Runtime:
+def pytorch_runtime(checkpoint: Path | Mapping[str, torch.Tensor], precision: str, device: torch.device) -> Runtime:
     """``checkpoint``: a file, or a state dict a caller has already read (anything load_model takes)."""
     # CPU float16 convolutions are emulated (~50x slower than float32), so on CPU the FP16
     # weights run in float32 math: load_model gives float32 tensors holding the float16 values.

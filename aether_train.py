@@ -62,74 +62,135 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--train-dir", nargs="+", required=True, metavar="DIR",
-                      help="folders of HR training images (all loaded into memory once)")
-    data.add_argument("--val-dir", metavar="DIR",
-                      help="folder of held-out HR images; PSNR vs bicubic is logged on them")
-    data.add_argument("--lr-patch", type=whole_number(1), default=DEFAULTS.lr_patch,
-                      help="LR patch size; the HR crop is lr_patch * scale pixels square")
-    data.add_argument("--batch-size", type=whole_number(1), default=DEFAULTS.batch_size, help="patches per step, per process")
+    data.add_argument(
+        "--train-dir",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="folders of HR training images (all loaded into memory once)",
+    )
+    data.add_argument(
+        "--val-dir", metavar="DIR", help="folder of held-out HR images; PSNR vs bicubic is logged on them"
+    )
+    data.add_argument(
+        "--lr-patch",
+        type=whole_number(1),
+        default=DEFAULTS.lr_patch,
+        help="LR patch size; the HR crop is lr_patch * scale pixels square",
+    )
+    data.add_argument(
+        "--batch-size", type=whole_number(1), default=DEFAULTS.batch_size, help="patches per step, per process"
+    )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="aether_small", choices=sorted(aether_arch.PRESET_FACTORIES),
-                       help="network size")
+    model.add_argument(
+        "--preset", default="aether_small", choices=sorted(aether_arch.PRESET_FACTORIES), help="network size"
+    )
     model.add_argument("--scale", type=int, default=DEFAULTS.scale, help="upscaling factor")
-    model.add_argument("--num-blocks", type=int,
-                       help="override the preset's number of blocks (default: the preset's)")
-    model.add_argument("--pretrained", metavar="CKPT",
-                       help="initialise from this checkpoint (.pth/.pt/.safetensors; params_ema "
-                            "preferred), loaded strictly")
-    model.add_argument("--qat", action="store_true",
-                       help="train the quantization-aware (INT8-simulating) form for the whole "
-                            "run; usually with --pretrained FLOAT_CKPT and --lr 2e-4. Activation "
-                            "ranges are set from the first training batch, then learned")
-    model.add_argument("--qat-after", type=int, metavar="N",
-                       help="train float for N steps, then switch this run to QAT (model and "
-                            "EMA) with a fresh AdamW and cosine schedule from --qat-lr for the "
-                            "remaining steps")
-    model.add_argument("--qat-lr", type=float,
-                       help="peak learning rate of the QAT phase of --qat-after (default: --lr / 10)")
+    model.add_argument("--num-blocks", type=int, help="override the preset's number of blocks (default: the preset's)")
+    model.add_argument(
+        "--pretrained",
+        metavar="CKPT",
+        help="initialise from this checkpoint (.pth/.pt/.safetensors; params_ema preferred), loaded strictly",
+    )
+    model.add_argument(
+        "--qat",
+        action="store_true",
+        help="train the quantization-aware (INT8-simulating) form for the whole "
+        "run; usually with --pretrained FLOAT_CKPT and --lr 2e-4. Activation "
+        "ranges are set from the first training batch, then learned",
+    )
+    model.add_argument(
+        "--qat-after",
+        type=int,
+        metavar="N",
+        help="train float for N steps, then switch this run to QAT (model and "
+        "EMA) with a fresh AdamW and cosine schedule from --qat-lr for the "
+        "remaining steps",
+    )
+    model.add_argument(
+        "--qat-lr", type=float, help="peak learning rate of the QAT phase of --qat-after (default: --lr / 10)"
+    )
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--steps", type=whole_number(1), required=True, help="total optimizer steps")
-    optim.add_argument("--loss", choices=("l1", "charbonnier"), default=DEFAULTS.loss,
-                       help=f"pixel loss (Charbonnier: sqrt(diff^2 + {CHARBONNIER_EPS:g}^2))")
-    optim.add_argument("--lr", type=float, default=DEFAULTS.lr,
-                       help="peak learning rate (AdamW); use about 2e-4 for QAT fine-tuning")
+    optim.add_argument(
+        "--loss",
+        choices=("l1", "charbonnier"),
+        default=DEFAULTS.loss,
+        help=f"pixel loss (Charbonnier: sqrt(diff^2 + {CHARBONNIER_EPS:g}^2))",
+    )
+    optim.add_argument(
+        "--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW); use about 2e-4 for QAT fine-tuning"
+    )
     optim.add_argument("--min-lr", type=float, default=DEFAULTS.min_lr, help="end of the cosine decay")
     optim.add_argument("--warmup", type=whole_number(0), default=DEFAULTS.warmup, help="linear warmup steps")
-    optim.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,
-                       help="AdamW decoupled weight decay (applies to every parameter)")
-    optim.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip,
-                       help="clip the gradient norm to this value (0: off)")
-    optim.add_argument("--ema-decay", type=float, default=DEFAULTS.ema_decay,
-                       help="EMA decay, ramped up as min(decay, (1+step)/(10+step)) so short "
-                            "runs are not dominated by the initial weights")
-    optim.add_argument("--freeze-norm-frac", type=float, default=DEFAULTS.freeze_norm_frac,
-                       help="for this last fraction of FLOAT training, BatchNorm layers use their "
-                            "running statistics (eval mode). Why: in train mode BN normalises "
-                            "with each batch's statistics, but inference and the fused deploy "
-                            "model use the running ones; SR is sensitive to that mismatch "
-                            "(colour/brightness shifts), so the final steps train the exact "
-                            "function that fuse() bakes in")
+    optim.add_argument(
+        "--weight-decay",
+        type=float,
+        default=DEFAULTS.weight_decay,
+        help="AdamW decoupled weight decay (applies to every parameter)",
+    )
+    optim.add_argument(
+        "--grad-clip", type=float, default=DEFAULTS.grad_clip, help="clip the gradient norm to this value (0: off)"
+    )
+    optim.add_argument(
+        "--ema-decay",
+        type=float,
+        default=DEFAULTS.ema_decay,
+        help="EMA decay, ramped up as min(decay, (1+step)/(10+step)) so short "
+        "runs are not dominated by the initial weights",
+    )
+    optim.add_argument(
+        "--freeze-norm-frac",
+        type=float,
+        default=DEFAULTS.freeze_norm_frac,
+        help="for this last fraction of FLOAT training, BatchNorm layers use their "
+        "running statistics (eval mode). Why: in train mode BN normalises "
+        "with each batch's statistics, but inference and the fused deploy "
+        "model use the running ones; SR is sensitive to that mismatch "
+        "(colour/brightness shifts), so the final steps train the exact "
+        "function that fuse() bakes in",
+    )
 
     run = parser.add_argument_group("run")
-    run.add_argument("--out-dir", metavar="DIR",
-                     help="output folder (default with --resume: the resumed state's folder)")
-    run.add_argument("--resume", metavar="OUT_DIR_OR_STATE_FILE",
-                     help="continue a run exactly from its training_state.pth")
-    run.add_argument("--stop-at", type=int, metavar="STEP",
-                     help="end this invocation after STEP steps (saving everything) without "
-                          "changing the schedule; continue later with --resume")
-    run.add_argument("--val-every", type=whole_number(0), default=DEFAULTS.val_every, help="validate every N steps (and at the end; 0: end only)")
-    run.add_argument("--save-every", type=whole_number(0), default=DEFAULTS.save_every, help="save every N steps (and at the end; 0: end only)")
-    run.add_argument("--log-every", type=whole_number(1), default=DEFAULTS.log_every, help="log the mean loss every N steps")
+    run.add_argument(
+        "--out-dir", metavar="DIR", help="output folder (default with --resume: the resumed state's folder)"
+    )
+    run.add_argument(
+        "--resume", metavar="OUT_DIR_OR_STATE_FILE", help="continue a run exactly from its training_state.pth"
+    )
+    run.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="end this invocation after STEP steps (saving everything) without "
+        "changing the schedule; continue later with --resume",
+    )
+    run.add_argument(
+        "--val-every",
+        type=whole_number(0),
+        default=DEFAULTS.val_every,
+        help="validate every N steps (and at the end; 0: end only)",
+    )
+    run.add_argument(
+        "--save-every",
+        type=whole_number(0),
+        default=DEFAULTS.save_every,
+        help="save every N steps (and at the end; 0: end only)",
+    )
+    run.add_argument(
+        "--log-every", type=whole_number(1), default=DEFAULTS.log_every, help="log the mean loss every N steps"
+    )
     run.add_argument("--seed", type=int, default=DEFAULTS.seed, help="weights init; patch sampling uses seed + rank")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS.device,
-                     help="auto: cuda if available")
-    run.add_argument("--amp", action="store_true",
-                     help="mixed precision on CUDA (bf16 if supported, else fp16 with loss "
-                          "scaling); ignored on CPU")
+    run.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS.device, help="auto: cuda if available"
+    )
+    run.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision on CUDA (bf16 if supported, else fp16 with loss scaling); ignored on CPU",
+    )
     run.add_argument("--threads", type=whole_number(1), help="torch.set_num_threads (CPU threads)")
     return parser
 

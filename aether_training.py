@@ -114,7 +114,9 @@ class TrainingOptions:
             if self.qat:
                 raise InputError("use either --qat (QAT from the start) or --qat-after N, not both")
             if not 0 < self.qat_after < self.steps:
-                raise InputError(f"--qat-after must be between 1 and --steps - 1 ({self.steps - 1}), got {self.qat_after}")
+                raise InputError(
+                    f"--qat-after must be between 1 and --steps - 1 ({self.steps - 1}), got {self.qat_after}"
+                )
         if self.qat_lr is None:
             self.qat_lr = self.lr / 10
         if self.stop_at is not None and not 0 < self.stop_at <= self.steps:
@@ -194,9 +196,7 @@ def _read(path: Path) -> tuple[np.ndarray, list[str]]:
         raise InputError(str(exc)) from None
 
 
-def load_training_images(
-    folders: Sequence[str], hr_patch: int, notes: list[str]
-) -> list[torch.Tensor]:
+def load_training_images(folders: Sequence[str], hr_patch: int, notes: list[str]) -> list[torch.Tensor]:
     """Every training image big enough for one HR crop, as a (3, H, W) float32 tensor."""
     images, too_small, largest = [], [], (0, 0)
     for folder in folders:
@@ -254,7 +254,7 @@ class PatchSampler:
         corners = torch.rand(batch_size, 2, generator=g).tolist()
         transforms = torch.randint(0, 2, (batch_size, 3), generator=g).bool().tolist()
         patches = []
-        for index, (y, x), (flip_h, flip_v, transpose) in zip(picks, corners, transforms):
+        for index, (y, x), (flip_h, flip_v, transpose) in zip(picks, corners, transforms, strict=True):
             image = self.images[index]
             top = int(y * (image.shape[1] - size + 1))
             left = int(x * (image.shape[2] - size + 1))
@@ -369,9 +369,9 @@ class ModelEMA:
     def update(self, model: nn.Module, step: int) -> None:
         self.policy.before_ema_update(self.module, model)
         weight = 1.0 - self.decay_at(step)
-        for ema_param, param in zip(self.module.parameters(), model.parameters()):
+        for ema_param, param in zip(self.module.parameters(), model.parameters(), strict=True):
             ema_param.lerp_(param.detach(), weight)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
+        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
         self.policy.after_ema_update(self.module)
 
@@ -489,8 +489,9 @@ def rng_states(sampler_states: list[torch.Tensor]) -> dict[str, Any]:
     }
 
 
-def restore_rng_states(states: dict[str, Any], sampler: PatchSampler, processes: Processes,
-                       seed: int, step: int, log: "RunLog") -> None:
+def restore_rng_states(
+    states: dict[str, Any], sampler: PatchSampler, processes: Processes, seed: int, step: int, log: "RunLog"
+) -> None:
     torch.set_rng_state(states["torch_cpu"])
     if states["torch_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch_cuda"])
@@ -501,8 +502,10 @@ def restore_rng_states(states: dict[str, Any], sampler: PatchSampler, processes:
         sampler.generator.set_state(sampler_states[processes.rank])
     else:  # a different process count: the patch stream cannot continue as it was
         sampler.generator.manual_seed(seed + processes.rank + 1_000_003 * step)
-        log(f"note: the saved run had {len(sampler_states)} process(es), this one has "
-            f"{processes.world_size}; patch sampling is re-seeded, so the run is not bit-exact")
+        log(
+            f"note: the saved run had {len(sampler_states)} process(es), this one has "
+            f"{processes.world_size}; patch sampling is re-seeded, so the run is not bit-exact"
+        )
 
 
 def gather_sampler_states(sampler: PatchSampler, processes: Processes) -> list[torch.Tensor]:
@@ -526,7 +529,9 @@ def read_training_state(location: str) -> tuple[dict[str, Any], Path]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files; all mean the same
         first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise InputError(f"--resume: {str(path)!r} is not a readable training state: {first_line.strip()[:200]}") from None
+        raise InputError(
+            f"--resume: {str(path)!r} is not a readable training state: {first_line.strip()[:200]}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
         raise InputError(f"--resume: {str(path)!r} is not an aether_train.py training state")
     return state, path
@@ -543,12 +548,17 @@ def check_resumable(state: dict[str, Any], options: TrainingOptions, notes: list
             )
     stop = options.stop_at or options.steps
     if state["step"] >= stop:
-        raise InputError(f"--resume: the saved run is at step {state['step']}, nothing to do up to "
-                         f"{'--stop-at' if options.stop_at else '--steps'} {stop}")
+        raise InputError(
+            f"--resume: the saved run is at step {state['step']}, nothing to do up to "
+            f"{'--stop-at' if options.stop_at else '--steps'} {stop}"
+        )
     # options that change neither the weights nor the random streams
     ignored = {"resume", "out_dir", "stop_at", "pretrained", "val_dir", "val_every", "save_every", "log_every"}
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(options).items()
-               if k not in ignored and saved.get(k) != v]
+    changed = [
+        f"{k} {saved.get(k)!r} -> {v!r}"
+        for k, v in dataclasses.asdict(options).items()
+        if k not in ignored and saved.get(k) != v
+    ]
     if changed:
         notes.append("resuming with changed options (no longer bit-exact): " + "; ".join(changed))
 
@@ -609,7 +619,9 @@ class Trainer:
 
         # Everything that can reject the input happens before anything is written.
         if (options.qat or options.qat_after is not None) and not policy.has_qat:
-            raise InputError(f"--qat and --qat-after need a quantization-aware form, which {policy.describe(model)} has not")
+            raise InputError(
+                f"--qat and --qat-after need a quantization-aware form, which {policy.describe(model)} has not"
+            )
         self.model = model
         state, state_path = read_training_state(options.resume) if options.resume else (None, None)
         if state is not None:
@@ -636,7 +648,9 @@ class Trainer:
         self.last_validation: dict[str, Any] | None = None
         self.norm_frozen_from = self._norm_freeze_step()
 
-        self.optimizer, self.scheduler = make_optimizer(self.model, current_phase(options, policy.is_qat(self.model)), options)
+        self.optimizer, self.scheduler = make_optimizer(
+            self.model, current_phase(options, policy.is_qat(self.model)), options
+        )
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.ema.module.load_state_dict(state["ema"])
@@ -652,10 +666,14 @@ class Trainer:
         options = self.options
         self.log(f"command: {self.training_command}")
         self.log("config: " + json.dumps(dataclasses.asdict(options), sort_keys=True))
-        self.log(f"model: {self.policy.describe(self.model)}, {sum(p.numel() for p in self.model.parameters()):,} parameters")
-        self.log(f"data: {len(self.sampler.images)} training image(s), HR crop {self.hr_patch}x{self.hr_patch}, "
-                 f"batch {options.batch_size} per process x {self.processes.world_size} process(es); "
-                 f"{len(self.val_images)} validation image(s)")
+        self.log(
+            f"model: {self.policy.describe(self.model)}, {sum(p.numel() for p in self.model.parameters()):,} parameters"
+        )
+        self.log(
+            f"data: {len(self.sampler.images)} training image(s), HR crop {self.hr_patch}x{self.hr_patch}, "
+            f"batch {options.batch_size} per process x {self.processes.world_size} process(es); "
+            f"{len(self.val_images)} validation image(s)"
+        )
         self.log(f"device: {self.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
         for note in notes:
             self.log(f"note: {note}")
@@ -684,15 +702,19 @@ class Trainer:
         phase = current_phase(self.options, qat=True)
         self.optimizer, self.scheduler = make_optimizer(self.model, phase, self.options)
         self.train_model = None
-        self.log(f"after step {self.step}: switched to QAT ({self.policy.describe(self.model)}), lr {phase.lr:g} "
-                 f"cosine to {self.options.min_lr:g} over {phase.end_step - phase.first_step} steps")
+        self.log(
+            f"after step {self.step}: switched to QAT ({self.policy.describe(self.model)}), lr {phase.lr:g} "
+            f"cosine to {self.options.min_lr:g} over {phase.end_step - phase.first_step} steps"
+        )
 
     def train_step(self) -> torch.Tensor:
         options = self.options
         freeze_norm = not self.policy.is_qat(self.model) and self.step >= self.norm_frozen_from
         if freeze_norm and self.step == self.norm_frozen_from:
-            self.log(f"after step {self.step}: BatchNorm layers use their running statistics "
-                     "(eval mode) for the rest of float training")
+            self.log(
+                f"after step {self.step}: BatchNorm layers use their running statistics "
+                "(eval mode) for the rest of float training"
+            )
         set_training_mode(self.model, freeze_norm)
         hr_batch = self.sampler.sample(options.batch_size).to(self.device)
         lr_batch = bicubic_downscale(hr_batch, options.scale)
@@ -723,9 +745,11 @@ class Trainer:
         result = validate(self.ema.module, self.val_images, self.options.scale)
         self.last_validation = result
         images = ", ".join(f"{name} {m:.2f}/{b:.2f}" for name, (m, b) in result["per_image"].items())
-        self.log(f"step {self.step}: validation PSNR (EMA model) {result['psnr']:.3f} dB, bicubic "
-                 f"{result['bicubic_psnr']:.3f} dB, gain {result['psnr'] - result['bicubic_psnr']:+.3f} dB "
-                 f"[{images}]")
+        self.log(
+            f"step {self.step}: validation PSNR (EMA model) {result['psnr']:.3f} dB, bicubic "
+            f"{result['bicubic_psnr']:.3f} dB, gain {result['psnr'] - result['bicubic_psnr']:+.3f} dB "
+            f"[{images}]"
+        )
 
     def save(self) -> None:
         sampler_states = gather_sampler_states(self.sampler, self.processes)  # collective
@@ -767,12 +791,15 @@ class Trainer:
         stop = options.stop_at or options.steps
         train_seconds, first_step = 0.0, self.step
         loss_sum, loss_count = torch.zeros((), device=self.device), 0  # summed on the device: no sync per step
-        bar = tqdm(total=stop, initial=self.step, unit="it", dynamic_ncols=True,
-                   disable=not self.processes.is_main)
+        bar = tqdm(total=stop, initial=self.step, unit="it", dynamic_ncols=True, disable=not self.processes.is_main)
         try:
             while self.step < stop:
                 tick = time.perf_counter()
-                if options.qat_after is not None and self.step == options.qat_after and not self.policy.is_qat(self.model):
+                if (
+                    options.qat_after is not None
+                    and self.step == options.qat_after
+                    and not self.policy.is_qat(self.model)
+                ):
                     self.switch_to_qat()
                 loss = self.train_step()
                 loss_sum, loss_count = loss_sum + loss, loss_count + 1
@@ -781,9 +808,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 train_seconds += time.perf_counter() - tick
                 if self.step % options.log_every == 0:
-                    self.log(f"step {self.step}/{options.steps}: loss {loss_sum.item() / loss_count:.5f} "
-                             f"(rank 0's batches), lr {self.scheduler.get_last_lr()[0]:.3g}, "
-                             f"{(self.step - first_step) / train_seconds:.2f} it/s")
+                    self.log(
+                        f"step {self.step}/{options.steps}: loss {loss_sum.item() / loss_count:.5f} "
+                        f"(rank 0's batches), lr {self.scheduler.get_last_lr()[0]:.3g}, "
+                        f"{(self.step - first_step) / train_seconds:.2f} it/s"
+                    )
                     loss_sum, loss_count = torch.zeros_like(loss_sum), 0
                 if (options.val_every and self.step % options.val_every == 0) or self.step == stop:
                     self.run_validation()
@@ -792,9 +821,11 @@ class Trainer:
         finally:
             bar.close()
         wall = time.perf_counter() - self.started
-        self.log(f"finished step {self.step}/{options.steps}: {self.step - first_step} steps in "
-                 f"{train_seconds:.1f} s of training steps ({(self.step - first_step) / train_seconds:.2f} it/s); "
-                 f"wall time {wall:.1f} s including loading, validation and saving")
+        self.log(
+            f"finished step {self.step}/{options.steps}: {self.step - first_step} steps in "
+            f"{train_seconds:.1f} s of training steps ({(self.step - first_step) / train_seconds:.2f} it/s); "
+            f"wall time {wall:.1f} s including loading, validation and saving"
+        )
 
     def close(self) -> None:
         self.log.close()

@@ -33,6 +33,7 @@ written), or no image could be written.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -111,8 +112,10 @@ def open_runner(model_path: str, *, device: str = "auto", threads: int = 0) -> R
     ``threads`` > 0 sets ONNX Runtime's and PyTorch's (process-wide) CPU threads."""
     path = Path(model_path)
     if not path.is_file():
-        raise InputError(f"--model {model_path!r}: no such file (give a model_*.pth / model_*.onnx "
-                         "file from aether_release.py or a training checkpoint)")
+        raise InputError(
+            f"--model {model_path!r}: no such file (give a model_*.pth / model_*.onnx "
+            "file from aether_release.py or a training checkpoint)"
+        )
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         runner = _open_onnx(path, device, threads)
@@ -165,8 +168,9 @@ def _onnx_provider_choices(device_option: str) -> list[str]:
     installed); auto CUDA when installed, then the CPU (CUDA may be installed but unusable)."""
     has_cuda = CUDA_PROVIDER in onnx_providers()
     if device_option == "cuda" and not has_cuda:
-        raise InputError("--device cuda: ONNX Runtime has no CUDA provider (install onnxruntime-gpu, "
-                         "or use --device cpu or auto)")
+        raise InputError(
+            "--device cuda: ONNX Runtime has no CUDA provider (install onnxruntime-gpu, or use --device cpu or auto)"
+        )
     if device_option == "cpu" or not has_cuda:
         return [CPU_PROVIDER]
     return [CUDA_PROVIDER] if device_option == "cuda" else [CUDA_PROVIDER, CPU_PROVIDER]
@@ -177,8 +181,9 @@ def _open_onnx(path: Path, device_option: str, threads: int) -> Runner:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf and onnx raise many types for damaged files
-        raise InputError(f"--model {str(path)!r} is not a readable ONNX model (corrupt or "
-                         f"truncated?): {error_summary(exc)}") from None
+        raise InputError(
+            f"--model {str(path)!r} is not a readable ONNX model (corrupt or truncated?): {error_summary(exc)}"
+        ) from None
     initializers = {tensor.name for tensor in proto.graph.initializer}
     inputs = [value.name for value in proto.graph.input if value.name not in initializers]
     outputs = [value.name for value in proto.graph.output]
@@ -206,8 +211,10 @@ def _probe_scale(runner: Runner, model_path: str) -> int:
     try:
         shape = tuple(runner(probe).shape)
     except Exception as exc:  # a model that cannot run an RGB image is the wrong model
-        raise InputError(f"--model {model_path!r} does not run on a 1x3x{PROBE_HEIGHT}x{PROBE_WIDTH} "
-                         f"RGB input: {describe_exception(exc)}") from None
+        raise InputError(
+            f"--model {model_path!r} does not run on a 1x3x{PROBE_HEIGHT}x{PROBE_WIDTH} "
+            f"RGB input: {describe_exception(exc)}"
+        ) from None
     scale = shape[-1] // PROBE_WIDTH if len(shape) == 4 else 0
     declared = runner.scale or scale
     if scale < 1 or shape != (1, 3, PROBE_HEIGHT * declared, PROBE_WIDTH * declared):
@@ -229,7 +236,7 @@ def tile_spans(length: int, tile: int) -> list[tuple[int, int]]:
     as much overlap as a full one); one span if ``tile`` is 0 or at least ``length``."""
     count = -(-length // tile) if tile else 1
     bounds = [index * length // count for index in range(count + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def tile_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -272,7 +279,11 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
 
 
 def upscale_image(
-    image: np.ndarray, runner: Runner, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+    image: np.ndarray,
+    runner: Runner,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
 ) -> np.ndarray:
     """Upscale an image as read_raw_image returns it (uint8 / uint16; (H, W) grey, (H, W, 3)
@@ -286,19 +297,26 @@ def upscale_image(
     output = np.empty((height * scale, width * scale, *image.shape[2:]), image.dtype)
     output_colour = output if grey else output[..., :3]
     rows, columns = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
-    with tqdm(total=len(rows) * len(columns), desc="tiles", unit="tile", leave=False,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        total=len(rows) * len(columns), desc="tiles", unit="tile", leave=False, disable=None if progress else True
+    ) as bar:
         for top, bottom, in_top, in_bottom in rows:
             for left, right, in_left, in_right in columns:
                 lr = _model_input(colour[in_top:in_bottom, in_left:in_right], max_value)
                 sr = runner(lr)
                 if sr.shape != (1, 3, lr.shape[2] * scale, lr.shape[3] * scale):
-                    raise RuntimeError(f"the model turned a {'x'.join(map(str, lr.shape))} tile into "
-                                       f"{'x'.join(map(str, sr.shape))}, expected x{scale}")
-                core = sr[0, :, (top - in_top) * scale : (bottom - in_top) * scale,
-                          (left - in_left) * scale : (right - in_left) * scale]
-                output_colour[top * scale : bottom * scale, left * scale : right * scale] = (
-                    _stored_pixels(core, grey=grey, dtype=image.dtype)
+                    raise RuntimeError(
+                        f"the model turned a {'x'.join(map(str, lr.shape))} tile into "
+                        f"{'x'.join(map(str, sr.shape))}, expected x{scale}"
+                    )
+                core = sr[
+                    0,
+                    :,
+                    (top - in_top) * scale : (bottom - in_top) * scale,
+                    (left - in_left) * scale : (right - in_left) * scale,
+                ]
+                output_colour[top * scale : bottom * scale, left * scale : right * scale] = _stored_pixels(
+                    core, grey=grey, dtype=image.dtype
                 )
                 bar.update(1)
     if image.ndim == 3 and image.shape[2] == 4:
@@ -319,8 +337,10 @@ def upscale_file(source: Path, target: Path, runner: Runner, *, tile: int, overl
     output = upscale_image(image, runner, tile=tile, overlap=overlap, progress=True)
     target.parent.mkdir(parents=True, exist_ok=True)  # created with the first output only
     write_raw_image(target, output)
-    return (f"{source.name}: {image.shape[1]}x{image.shape[0]} -> {output.shape[1]}x{output.shape[0]} "
-            f"{describe_pixels(image)}, {time.perf_counter() - started:.2f} s -> {target}")
+    return (
+        f"{source.name}: {image.shape[1]}x{image.shape[0]} -> {output.shape[1]}x{output.shape[0]} "
+        f"{describe_pixels(image)}, {time.perf_counter() - started:.2f} s -> {target}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,25 +359,54 @@ def build_parser() -> argparse.ArgumentParser:
         "README). Exit codes: 0 all images written, 1 some images failed (warnings on stderr) "
         "but others were written, 2 bad input or nothing written.",
     )
-    parser.add_argument("--model", "--model-path", required=True, metavar="MODEL",
-                        help=".onnx (ONNX Runtime) or .pth/.pt/.safetensors (PyTorch) AetherNet model")
-    parser.add_argument("--input", required=True, metavar="FILE_OR_DIR",
-                        help=f"an image, or a folder of images ({', '.join(IMAGE_SUFFIXES)})")
-    parser.add_argument("--output", "--output-dir", required=True, metavar="DIR",
-                        help=f"folder for the results, named <input stem>{OUTPUT_SUFFIX} (created if "
-                             "missing; existing files of those names are replaced)")
-    parser.add_argument("--tile", type=whole_number(0), default=DEFAULT_TILE, metavar="PX",
-                        help="largest tile side in input pixels; 0 = the whole image at once "
-                             "(default: %(default)s)")
-    parser.add_argument("--overlap", type=whole_number(0), default=DEFAULT_OVERLAP, metavar="PX",
-                        help="context in input pixels around each tile, cropped off its output "
-                             "(default: %(default)s)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                        help="cuda: PyTorch on the GPU / ONNX Runtime's CUDA provider; auto (default) "
-                             "= cuda when available, else cpu")
-    parser.add_argument("--threads", type=whole_number(0), default=0, metavar="N",
-                        help="CPU threads for PyTorch and ONNX Runtime; 0 = their default, one per "
-                             "core (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        "--model-path",
+        required=True,
+        metavar="MODEL",
+        help=".onnx (ONNX Runtime) or .pth/.pt/.safetensors (PyTorch) AetherNet model",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help=f"an image, or a folder of images ({', '.join(IMAGE_SUFFIXES)})",
+    )
+    parser.add_argument(
+        "--output",
+        "--output-dir",
+        required=True,
+        metavar="DIR",
+        help=f"folder for the results, named <input stem>{OUTPUT_SUFFIX} (created if "
+        "missing; existing files of those names are replaced)",
+    )
+    parser.add_argument(
+        "--tile",
+        type=whole_number(0),
+        default=DEFAULT_TILE,
+        metavar="PX",
+        help="largest tile side in input pixels; 0 = the whole image at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=whole_number(0),
+        default=DEFAULT_OVERLAP,
+        metavar="PX",
+        help="context in input pixels around each tile, cropped off its output (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help="cuda: PyTorch on the GPU / ONNX Runtime's CUDA provider; auto (default) = cuda when available, else cpu",
+    )
+    parser.add_argument(
+        "--threads",
+        type=whole_number(0),
+        default=0,
+        metavar="N",
+        help="CPU threads for PyTorch and ONNX Runtime; 0 = their default, one per core (default: %(default)s)",
+    )
     return parser
 
 
@@ -370,8 +419,10 @@ def plan(input_option: str, output_dir: Path) -> list[tuple[Path, Path]]:
     elif not source.exists():
         raise InputError(f"--input {input_option!r}: no such file or folder")
     elif source.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputError(f"--input {input_option!r}: unsupported file type {source.suffix or '(none)'!r}; "
-                         f"expected an image ({', '.join(IMAGE_SUFFIXES)}) or a folder of them")
+        raise InputError(
+            f"--input {input_option!r}: unsupported file type {source.suffix or '(none)'!r}; "
+            f"expected an image ({', '.join(IMAGE_SUFFIXES)}) or a folder of them"
+        )
     else:
         sources = [source]
     resolved_sources = {path.resolve() for path in sources}
@@ -379,11 +430,15 @@ def plan(input_option: str, output_dir: Path) -> list[tuple[Path, Path]]:
     for path in sources:
         target = output_dir / (path.stem + OUTPUT_SUFFIX)
         if target in claimed:
-            raise InputError(f"--input: {claimed[target].name!r} and {path.name!r} would both be written "
-                             f"as {target.name!r}; rename one of them")
+            raise InputError(
+                f"--input: {claimed[target].name!r} and {path.name!r} would both be written "
+                f"as {target.name!r}; rename one of them"
+            )
         if target.resolve() in resolved_sources:
-            raise InputError(f"--output {str(output_dir)!r}: {target.name!r} would replace the input "
-                             "image of that name; choose another output folder")
+            raise InputError(
+                f"--output {str(output_dir)!r}: {target.name!r} would replace the input "
+                "image of that name; choose another output folder"
+            )
         claimed[target] = path
     return [(path, target) for target, path in claimed.items()]
 
@@ -393,8 +448,10 @@ def upscale_all(args: argparse.Namespace) -> int:
     output_dir = prepare_output_dir(args.output)
     jobs = plan(args.input, output_dir)
     runner = open_runner(args.model, device=args.device, threads=args.threads)
-    print(f"{args.model}: x{runner.scale} in {runner.label}; {len(jobs)} image(s), "
-          f"tile {args.tile or 'off'}, overlap {args.overlap}")
+    print(
+        f"{args.model}: x{runner.scale} in {runner.label}; {len(jobs)} image(s), "
+        f"tile {args.tile or 'off'}, overlap {args.overlap}"
+    )
     warnings_seen: list[str] = []
     written = 0
     for source, target in tqdm(jobs, desc="images", unit="img", disable=None):
@@ -402,8 +459,7 @@ def upscale_all(args: argparse.Namespace) -> int:
             summary = upscale_file(source, target, runner, tile=args.tile, overlap=args.overlap)
         except Exception as exc:  # one bad image must not stop the others; each is named
             expected = isinstance(exc, (ImageReadError, OSError))  # the message says it all
-            warn(f"skipped {source.name}: {error_summary(exc) if expected else describe_exception(exc)}",
-                 warnings_seen)
+            warn(f"skipped {source.name}: {error_summary(exc) if expected else describe_exception(exc)}", warnings_seen)
             continue
         written += 1
         tqdm.write(summary)

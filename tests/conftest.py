@@ -5,11 +5,13 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
-from aether_arch import PRESET_FACTORIES
+from aether_arch import PRESET_FACTORIES, AetherNet
+from aether_data import write_image
 
 
 @pytest.fixture(autouse=True)
@@ -34,15 +36,20 @@ def train_steps(model: torch.nn.Module, steps: int = 3, size: int = 12) -> None:
     model.eval()
 
 
+# A small configuration that still has every part: several blocks, a large kernel wider than
+# the 3x3 branches, a partial slice and a pass-through.
+SMALL_CONFIG = {"dim": 16, "num_blocks": 2, "large_kernel": 5, "partial_channels": 8}
+
+
 @pytest.fixture(scope="session")
 def trained_models():
-    """One trained training-form model per (preset, scale), built once per test session."""
+    """One trained training-form model per (preset or "small", scale), built once per session."""
     cache = {}
 
     def get(name: str, scale: int):
         if (name, scale) not in cache:
             torch.manual_seed(1)
-            model = PRESET_FACTORIES[name](scale=scale)
+            model = AetherNet(scale=scale, **SMALL_CONFIG) if name == "small" else PRESET_FACTORIES[name](scale=scale)
             train_steps(model)
             cache[name, scale] = model
         return cache[name, scale]
@@ -53,14 +60,50 @@ def trained_models():
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
+def photo_like(height: int, width: int, *, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1]: smooth gradients, waves of several frequencies and a
+    little grain, so that every crop and tile has edges and detail an SR model can learn."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    planes = []
+    for channel in range(3):
+        angle, frequency = rng.uniform(0, np.pi), rng.uniform(0.15, 0.6)
+        wave = np.sin(frequency * (x * np.cos(angle) + y * np.sin(angle)) + channel)
+        planes.append(0.5 + 0.3 * wave + 0.15 * (x / width - y / height))
+    image = np.stack(planes, axis=2) + rng.normal(0, 0.03, (height, width, 3))
+    return image.clip(0, 1).astype(np.float32)
+
+
+def as_pixels(image: np.ndarray, dtype=np.uint8) -> np.ndarray:
+    """A float [0, 1] image as stored integers of ``dtype``."""
+    top = np.iinfo(dtype).max
+    return np.rint(image * top).astype(dtype)
+
+
+def write_image_folder(folder: Path, sizes, *, seed: int) -> Path:
+    """A new folder of photo_like PNGs, one per (height, width)."""
+    folder.mkdir(parents=True)
+    for i, (height, width) in enumerate(sizes):
+        write_image(folder / f"image_{i}.png", photo_like(height, width, seed=seed * 1000 + i))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sample_release(tmp_path_factory) -> Path:
     """The release folder of the shipped sample checkpoint (six artifacts), built once."""
     import aether_release
 
     out = tmp_path_factory.mktemp("sample_release") / "release"
-    argv = ["--model-path", SAMPLES / "aether_tiny_x2.pth", "--output-dir", out,
-            "--validation-dir", SAMPLES / "val", "--max-images", "1"]
+    argv = [
+        "--model-path",
+        SAMPLES / "aether_tiny_x2.pth",
+        "--output-dir",
+        out,
+        "--validation-dir",
+        SAMPLES / "val",
+        "--max-images",
+        "1",
+    ]
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         code = aether_release.main([str(a) for a in argv])

@@ -4,6 +4,7 @@ quality path at a tiny budget). Latencies are only reported by aether_bench.py; 
 are not tests."""
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -11,16 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_train import _write_folder  # smooth synthetic images
 from torch import nn
 
 import aether_bench
 import aether_bench_report
 from aether_arch import PRESET_FACTORIES
 from aether_bench_quality import measure_quality
-from aether_measure import macs_per_lr_pixel, parameter_count
-from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
-from aether_runtime import ort_session
 from aether_bench_report import (
     HD_LABEL,
     ORT_FP16,
@@ -35,6 +32,10 @@ from aether_bench_report import (
     Timing,
     measurement,
 )
+from aether_measure import macs_per_lr_pixel, parameter_count
+from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
+from aether_runtime import ort_session
+from conftest import write_image_folder
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -74,8 +75,7 @@ def test_readme_holds_the_generated_preset_table():
 def test_readme_table_command_writes_checks_and_refuses(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(
-        f"# Title\n\n{aether_bench.README_TABLE_START}\nstale\n{aether_bench.README_TABLE_END}\n"
-        "\nAfter.\n",
+        f"# Title\n\n{aether_bench.README_TABLE_START}\nstale\n{aether_bench.README_TABLE_END}\n\nAfter.\n",
         encoding="utf-8",
     )
     command = ["readme-table", "--readme", str(readme)]
@@ -94,6 +94,7 @@ def test_readme_table_command_writes_checks_and_refuses(tmp_path):
 # ---------------------------------------------------------------------------------------
 # compare: peers, roofline maths, the report's verdicts, plots, the quality path
 # ---------------------------------------------------------------------------------------
+
 
 def _deploy_form(name, scale):
     with torch.device("meta"):  # shapes only: instant even for RRDB's 16.7 M parameters
@@ -145,8 +146,12 @@ def test_roofline_efficiency_is_ideal_time_over_measured_time():
 
 def test_roofline_passes_keep_each_stacks_fastest_time():
     stacks = {f"{ORT_FP32}: a": 1e9, f"{ORT_FP32}: b": 2e9, f"{ORT_INT8}: a": 1e9}
-    first = Roofline(stacks, {"ORT FP32: a": _timing(20.0), "ORT FP32: b": _timing(10.0), "ORT INT8: a": _timing(4.0)}, [0.5])
-    second = Roofline(stacks, {"ORT FP32: a": _timing(5.0), "ORT FP32: b": _timing(30.0), "ORT INT8: a": _timing(8.0)}, [0.0])
+    first = Roofline(
+        stacks, {"ORT FP32: a": _timing(20.0), "ORT FP32: b": _timing(10.0), "ORT INT8: a": _timing(4.0)}, [0.5]
+    )
+    second = Roofline(
+        stacks, {"ORT FP32: a": _timing(5.0), "ORT FP32: b": _timing(30.0), "ORT INT8: a": _timing(8.0)}, [0.0]
+    )
     merged = first.merged(second)
     assert merged.peak(ORT_FP32) == pytest.approx(2e11)  # b: 2 GMAC in 10 ms beats a's 1 GMAC in 5 ms
     assert merged.peak(ORT_INT8) == pytest.approx(2.5e11) and merged.peak(ORT_FP16) == merged.peak(ORT_FP32)
@@ -157,7 +162,7 @@ def test_tiles_cover_the_frame_with_equal_overlapping_tiles():
     for length in (720, 1280, 256, 100):
         starts = aether_bench.tile_origins(length, 256, 16)
         assert starts[0] == 0 and starts[-1] + min(256, length) == length
-        assert all(b - a <= 256 - 16 for a, b in zip(starts, starts[1:]))
+        assert all(b - a <= 256 - 16 for a, b in itertools.pairwise(starts))
     assert len(aether_bench.hd_inputs(tiled=True)) == 18
     assert {x.shape for x in aether_bench.hd_inputs(tiled=True)} == {(1, 3, 256, 256)}
 
@@ -185,12 +190,17 @@ def _results(tiny_int8_ms, tiny_psnr_int8):
     speed[0].left_out[measurement(ORT_FP32, HD_LABEL)] = "left out: predicted 99 s per run"
     speed[0].lr_pixels[HD_LABEL] = 720 * 1280
     quality_rows = [
-        QualityRow("aether_tiny", 150_000, 150e3, 100.0, 32.0, tiny_psnr_int8, "QAT Q/DQ export", "float", _timing(90.0)),
+        QualityRow(
+            "aether_tiny", 150_000, 150e3, 100.0, 32.0, tiny_psnr_int8, "QAT Q/DQ export", "float", _timing(90.0)
+        ),
         QualityRow("SPAN-28", 140_000, 141e3, 300.0, 31.9, 31.8, "ORT static PTQ", "EMA", _timing(100.0)),
     ]
     meta = {
-        "command": "python3 aether_bench.py compare --out X", "started": "today", "wall_s": 60.0,
-        "machine": "test machine", "versions": "test versions",
+        "command": "python3 aether_bench.py compare --out X",
+        "started": "today",
+        "wall_s": 60.0,
+        "machine": "test machine",
+        "versions": "test versions",
         "options": {"size": 256, "threads": 2, "hd_scale": 4, "max_run_s": 60.0},
     }
     # peaks: FP32 1 GMAC in 10 ms = 100 GMAC/s, INT8 4 GMAC in 10 ms = 400 GMAC/s
@@ -208,7 +218,10 @@ def test_report_marks_every_missed_target_with_its_figures():
     assert "Missed: 4 of 4 checks." in targets
     # INT8 only 1.67x faster than FP32; slower than SPAN-28 INT8; worse PSNR; RRDB only 16.7x slower
     assert "**MISSED**: `aether_tiny` ×4 at 256×256: INT8 150.0 ms vs ORT FP32 250.0 ms" in targets
-    assert "**MISSED**: speed ×4 at 256×256 (timed interleaved): aether_tiny INT8 150.0 ms, SPAN-28 INT8 100.0 ms" in targets
+    assert (
+        "**MISSED**: speed ×4 at 256×256 (timed interleaved): aether_tiny INT8 150.0 ms, SPAN-28 INT8 100.0 ms"
+        in targets
+    )
     assert "**MISSED**: quality ×2 after 800 steps each" in targets and "-0.300 dB" in targets
     assert "**MISSED**: `aether_tiny` ×4 at 256×256: ORT INT8 150.0 ms vs RRDB ORT INT8 2500.0 ms: 16.7×" in targets
     speed_table = report.split("## Speed at 256×256")[1]
@@ -239,10 +252,18 @@ def test_plots_are_valid_pngs(tmp_path):
 
 def test_quality_path_trains_a_peer_and_aether_tiny_with_the_shared_trainer(tmp_path):
     args = argparse.Namespace(
-        quality_models=["aether_tiny", "SuperUltraCompact"], quality_scale=2, budget=2, lr_patch=8,
-        batch_size=2, lr=1e-3, threads=1, size=32, repeats=1, budget_s=1.0,
-        train_dir=str(_write_folder(tmp_path / "train", [(40, 40), (48, 36)], seed=1)),
-        val_dir=str(_write_folder(tmp_path / "val", [(24, 28)], seed=2)),
+        quality_models=["aether_tiny", "SuperUltraCompact"],
+        quality_scale=2,
+        budget=2,
+        lr_patch=8,
+        batch_size=2,
+        lr=1e-3,
+        threads=1,
+        size=32,
+        repeats=1,
+        budget_s=1.0,
+        train_dir=str(write_image_folder(tmp_path / "train", [(40, 40), (48, 36)], seed=1)),
+        val_dir=str(write_image_folder(tmp_path / "val", [(24, 28)], seed=2)),
     )
     quality = measure_quality(args, tmp_path)
     assert [r.model for r in quality.rows] == ["aether_tiny", "SuperUltraCompact"]

@@ -9,8 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import train_steps
-
 from aether_arch import (
     PRESET_FACTORIES,
     AetherCheckpointError,
@@ -21,10 +19,12 @@ from aether_arch import (
     read_checkpoint,
     save_checkpoint,
 )
+from conftest import train_steps
 
 
-@pytest.mark.parametrize("name", PRESET_FACTORIES)
-@pytest.mark.parametrize("scale", (1, 2, 3, 4))
+@pytest.mark.parametrize(
+    "name, scale", [*((name, 4) for name in PRESET_FACTORIES), *(("aether_tiny", s) for s in (1, 2, 3))]
+)
 @pytest.mark.parametrize("fused", (False, True))
 def test_detect_config_round_trip(name, scale, fused):
     model = PRESET_FACTORIES[name](scale=scale)
@@ -39,9 +39,7 @@ def test_detect_config_round_trip(name, scale, fused):
 
 def test_detect_config_custom_hyperparameters():
     model = AetherNet(scale=3, dim=24, num_blocks=3, large_kernel=5, partial_channels=8)
-    assert detect_config(model.state_dict()) == {
-        **model.config, "fused": False, "qat": False, "int8_profile": "cpu"
-    }
+    assert detect_config(model.state_dict()) == {**model.config, "fused": False, "qat": False, "int8_profile": "cpu"}
 
 
 def _outputs_equal(a: nn.Module, b: nn.Module) -> bool:

@@ -23,8 +23,16 @@ import torch
 
 import aether_release
 from aether_arch import aether_tiny, calibrate_int8, detect_config, load_model, prepare_qat, save_checkpoint
-from aether_data import read_image, to_uint8, write_image
-from conftest import UNWRITABLE_KINDS, OnnxModelInfo, chainner_onnx_info, train_steps, unwritable_output_dir
+from aether_data import read_image, to_tensor, write_image
+from conftest import (
+    UNWRITABLE_KINDS,
+    OnnxModelInfo,
+    as_pixels,
+    chainner_onnx_info,
+    photo_like,
+    train_steps,
+    unwritable_output_dir,
+)
 
 ARTIFACTS = [f"model_{p}.{f}" for p in ("fp32", "fp16", "int8") for f in ("pth", "onnx")]
 ONNX_FILES = [name for name in ARTIFACTS if name.endswith(".onnx")]
@@ -39,12 +47,6 @@ def release(*argv) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Photo-like content (smooth, all of [0, 1]) so that PSNR figures mean something."""
-    small = rng.random((max(1, height // 4), max(1, width // 4), 3), dtype=np.float32)
-    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("release")
@@ -55,14 +57,12 @@ def val_dir(workdir):
     """Three usable 24x32 images (RGB, 16-bit greyscale, RGBA) plus files to skip."""
     folder = workdir / "val"
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    write_image(folder / "rgb.png", smooth_image(rng, 24, 32))
-    grey16 = np.rint(smooth_image(rng, 24, 32)[..., 0] * 65535).astype(np.uint16)
-    cv2.imwrite(str(folder / "grey16.png"), grey16)
-    bgra = np.dstack([to_uint8(smooth_image(rng, 24, 32)), np.full((24, 32), 128, np.uint8)])
+    write_image(folder / "rgb.png", photo_like(24, 32, seed=1))
+    cv2.imwrite(str(folder / "grey16.png"), as_pixels(photo_like(24, 32, seed=2)[..., 0], np.uint16))
+    bgra = np.dstack([as_pixels(photo_like(24, 32, seed=3)), np.full((24, 32), 128, np.uint8)])
     cv2.imwrite(str(folder / "rgba.png"), bgra)
     (folder / "broken.png").write_bytes(b"not an image")
-    write_image(folder / "tiny.png", smooth_image(rng, 6, 6))
+    write_image(folder / "tiny.png", photo_like(6, 6, seed=4))
     (folder / "readme.txt").write_text("not an image")
     return folder
 
@@ -86,8 +86,7 @@ def float_checkpoint(workdir, float_model):
 def qat_checkpoint(workdir, float_model):
     """A QAT checkpoint for the cpu profile whose activation ranges are set (as after QAT)."""
     model = prepare_qat(copy.deepcopy(float_model), int8_profile="cpu")
-    rng = np.random.default_rng(1)
-    batches = [torch.from_numpy(smooth_image(rng, 12, 16).transpose(2, 0, 1))[None] for _ in range(3)]
+    batches = [to_tensor(photo_like(12, 16, seed=seed)) for seed in range(3)]
     calibrate_int8(model, batches)
     path = workdir / "qat.pth"
     save_checkpoint(model, path)
@@ -97,9 +96,7 @@ def qat_checkpoint(workdir, float_model):
 @pytest.fixture(scope="module")
 def float_release(workdir, float_checkpoint, val_dir):
     out = workdir / "out_float"
-    code, stdout, stderr = release(
-        "--model-path", float_checkpoint, "--validation-dir", val_dir, "--output-dir", out
-    )
+    code, stdout, stderr = release("--model-path", float_checkpoint, "--validation-dir", val_dir, "--output-dir", out)
     assert code == 0, stderr
     return out, stdout, stderr
 
@@ -184,8 +181,14 @@ def test_onnx_contract_and_metadata(float_release, name):
     precision = name[6:10]
     meta = onnx_metadata(out / name)
     expected = {
-        "architecture": "AetherNet", "scale": "2", "precision": precision, "input_channels": "3",
-        "output_channels": "3", "value_range": "0-1", "color_order": "RGB", "layout": "NCHW",
+        "architecture": "AetherNet",
+        "scale": "2",
+        "precision": precision,
+        "input_channels": "3",
+        "output_channels": "3",
+        "value_range": "0-1",
+        "color_order": "RGB",
+        "layout": "NCHW",
         "io_dtype": "float16" if precision == "fp16" else "float32",
         "int8_profile": "cpu" if precision == "int8" else "none",
         "quantization": "ptq" if precision == "int8" else "none",
@@ -193,6 +196,7 @@ def test_onnx_contract_and_metadata(float_release, name):
     }
     assert {k: meta.get(k) for k in expected} == expected
     assert json.loads(meta["config"])["num_blocks"] == 1 and meta["preset"] == "custom"
+    assert meta["fused"] == "true" and proto.opset_import[0].version == 17
 
 
 @pytest.mark.parametrize("name", ONNX_FILES)
@@ -263,8 +267,18 @@ def test_qat_checkpoint_then_rerun_for_another_profile(workdir, qat_checkpoint, 
 def test_skip_flags_leave_out_and_remove_those_artifacts(tmp_path, float_release, float_checkpoint, val_dir):
     out = tmp_path / "out"
     shutil.copytree(float_release[0], out)  # an earlier full release in the same folder
-    code, _, stderr = release("--model-path", float_checkpoint, "--validation-dir", val_dir,
-                              "--output-dir", out, "--skip-fp16", "--skip-int8", "--max-images", "1")
+    code, _, stderr = release(
+        "--model-path",
+        float_checkpoint,
+        "--validation-dir",
+        val_dir,
+        "--output-dir",
+        out,
+        "--skip-fp16",
+        "--skip-int8",
+        "--max-images",
+        "1",
+    )
     assert code == 0, stderr
     assert sorted(p.name for p in out.glob("model_*")) == ["model_fp32.onnx", "model_fp32.pth"]
     assert "removed model_int8.pth" in stderr and "PTQ" not in stderr
@@ -279,8 +293,17 @@ def test_failed_artifact_is_named_and_not_left_under_its_name(tmp_path, monkeypa
     (out / "model_int8.onnx").write_bytes(b"from an earlier release")
     calibration.mkdir()
     shutil.copy(val_dir / "rgb.png", calibration)
-    code, _, stderr = release("--model-path", float_checkpoint, "--validation-dir", val_dir,
-                              "--output-dir", out, "--skip-fp16", "--calibration-dir", calibration)
+    code, _, stderr = release(
+        "--model-path",
+        float_checkpoint,
+        "--validation-dir",
+        val_dir,
+        "--output-dir",
+        out,
+        "--skip-fp16",
+        "--calibration-dir",
+        calibration,
+    )
     assert code == 1
     assert f"PTQ) on 1 image(s) from {calibration}" in stderr and "calibrated on the validation" not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith("aether_release.py: error:")]
@@ -367,8 +390,19 @@ def test_bad_option(capsys, option, tmp_path):
 def test_help_explains_every_option(capsys):
     assert aether_release.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--model-path", "--output-dir", "--validation-dir", "--calibration-dir", "--opset",
-                   "--int8-profile", "--skip-fp16", "--skip-int8", "--max-images", "--threads", "--device"):
+    for option in (
+        "--model-path",
+        "--output-dir",
+        "--validation-dir",
+        "--calibration-dir",
+        "--opset",
+        "--int8-profile",
+        "--skip-fp16",
+        "--skip-int8",
+        "--max-images",
+        "--threads",
+        "--device",
+    ):
         assert option in text
 
 
@@ -376,9 +410,20 @@ def test_command_line_reports_bad_input_without_traceback(tmp_path, val_dir):
     model = tmp_path / "model.pth"
     model.write_bytes(b"\x80\x02garbage")
     result = subprocess.run(
-        [sys.executable, str(REPO / "aether_release.py"), "--model-path", str(model),
-         "--validation-dir", str(val_dir), "--output-dir", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "aether_release.py"),
+            "--model-path",
+            str(model),
+            "--validation-dir",
+            str(val_dir),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

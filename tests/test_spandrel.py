@@ -16,9 +16,6 @@ from spandrel.architectures.SPAN import SPAN
 
 import aether_arch
 from aether_arch import (
-    PRESET_FACTORIES,
-    SPANDREL_SUPPORTS_BFLOAT16,
-    SPANDREL_SUPPORTS_HALF,
     aether_tiny,
     calibrate_int8,
     load_model,
@@ -51,8 +48,7 @@ def checkpoint_forms(tmp_path_factory):
     save_checkpoint(model, folder / "neosr_net_g_1000.pth")  # {"params": ..., "metadata": ...}
     save_checkpoint(model, folder / "trainner_net_g_ema_1000.safetensors")
     save_checkpoint(qat, folder / "qat.pth", param_key="params_ema")
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
-               folder / "data_parallel.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, folder / "data_parallel.pth")
     return {path.name: path for path in sorted(folder.iterdir())}
 
 
@@ -85,6 +81,7 @@ def test_loader_loads_release_files_and_the_sample(sample_release, name):
     image = torch.rand(1, 3, 13, 11)
     with torch.no_grad():
         got, expected = descriptor(image), load_model(path)(image)
+        assert descriptor(torch.rand(1, 3, 1, 1)).shape == (1, 3, 2, 2)  # no size requirements
     assert got.shape == (1, 3, 26, 22)
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
 
@@ -105,9 +102,8 @@ def test_loader_loads_every_training_checkpoint_form(checkpoint_forms):
 
 
 @pytest.mark.parametrize("scale", [1, 2, 3, 4])
-@pytest.mark.parametrize("preset", sorted(PRESET_FACTORIES))
-def test_hyperparameters_round_trip_through_load_and_safetensors(tmp_path, preset, scale):
-    model = PRESET_FACTORIES[preset](scale=scale)
+def test_hyperparameters_round_trip_through_load_and_safetensors(tmp_path, scale):
+    model = aether_tiny(scale=scale)
     for form in (model, copy.deepcopy(model).fuse(), prepare_qat(copy.deepcopy(model))):
         assert arch().detect(form.state_dict())
         loaded = arch().load(form.state_dict())
@@ -164,18 +160,10 @@ def test_half_and_bfloat16_support_is_measured(sample_release, name):
     image = torch.rand(1, 3, 24, 20)
     with torch.no_grad():
         reference = loader_load(path)(image)
-        for dtype, supported, floor_db in (
-            (torch.float16, SPANDREL_SUPPORTS_HALF, 45.0),
-            (torch.bfloat16, SPANDREL_SUPPORTS_BFLOAT16, 40.0),
-        ):
-            descriptor = loader_load(path).to(dtype)  # raises UnsupportedDtypeError if not claimed
-            assert supported
+        # descriptor.to(dtype) raises spandrel's UnsupportedDtypeError unless the architecture
+        # claims the dtype (SPANDREL_SUPPORTS_HALF / _BFLOAT16); the PSNR shows the claim holds
+        for dtype, floor_db in ((torch.float16, 45.0), (torch.bfloat16, 40.0)):
+            descriptor = loader_load(path).to(dtype)
             output = descriptor(image.to(dtype))
             assert output.dtype == dtype and torch.isfinite(output).all()
             assert _psnr(output, reference) >= floor_db, (name, dtype, _psnr(output, reference))
-
-
-def test_one_pixel_input_through_the_descriptor(sample_release):
-    descriptor = loader_load(sample_release / "model_fp32.pth")
-    with torch.no_grad():
-        assert descriptor(torch.rand(1, 3, 1, 1)).shape == (1, 3, 2, 2)

@@ -7,41 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import aether_train
 from aether_arch import detect_config, is_calibrated, load_model
-from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor, write_image
+from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor
+from conftest import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 # A 1-block aether_tiny on 16x16 HR crops: each step takes milliseconds.
 TINY = ["--preset", "aether_tiny", "--num-blocks", "1", "--scale", "2", "--lr-patch", "8", "--batch-size", "2"]
 
 
-def _smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Gradients plus low-frequency texture: something an SR model can learn a little of."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    channels = [0.5 + 0.4 * np.sin(x / rng.uniform(2, 6) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(2, 6))
-                for _ in range(3)]
-    return np.clip(np.stack(channels, axis=2), 0, 1)
-
-
-def _write_folder(folder: Path, sizes, seed: int) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i, (height, width) in enumerate(sizes):
-        write_image(folder / f"image_{i}.png", _smooth_image(rng, height, width))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     return {
-        "train": _write_folder(root / "train", [(40, 48), (56, 40), (64, 64)], seed=1),
-        "val": _write_folder(root / "val", [(26, 30), (24, 24)], seed=2),
+        "train": write_image_folder(root / "train", [(40, 48), (56, 40), (64, 64)], seed=1),
+        "val": write_image_folder(root / "val", [(26, 30), (24, 24)], seed=2),
         "root": root,
     }
 
@@ -64,7 +48,11 @@ def float_run(data, tmp_path_factory):
 
 def test_run_writes_loadable_checkpoints(float_run):
     assert {p.name for p in float_run.iterdir()} == {
-        "net_g_3.pth", "net_g_6.pth", "net_g_latest.pth", "training_state.pth", "train.log"
+        "net_g_3.pth",
+        "net_g_6.pth",
+        "net_g_latest.pth",
+        "training_state.pth",
+        "train.log",
     }
     checkpoint = _weights(float_run / "net_g_latest.pth")
     assert set(checkpoint) == {"params", "params_ema", "metadata"}
@@ -107,8 +95,12 @@ def test_resume_is_bit_exact_across_the_qat_switch(data, tmp_path):
     whole = _train(data, tmp_path / "whole", *common, "--save-every", "4")
     split = _train(data, tmp_path / "split", *common, "--stop-at", "3")
     assert _weights(split / "training_state.pth")["step"] == 3
-    assert aether_train.main([*TINY, "--train-dir", str(data["train"]), "--val-dir", str(data["val"]),
-                              *common, "--resume", str(split)]) == 0
+    assert (
+        aether_train.main(
+            [*TINY, "--train-dir", str(data["train"]), "--val-dir", str(data["val"]), *common, "--resume", str(split)]
+        )
+        == 0
+    )
 
     expected, actual = _weights(whole / "net_g_latest.pth"), _weights(split / "net_g_latest.pth")
     for key in ("params", "params_ema"):
@@ -125,8 +117,17 @@ def test_resume_is_bit_exact_across_the_qat_switch(data, tmp_path):
 
 
 def test_qat_fine_tuning_from_a_float_checkpoint(data, float_run, tmp_path):
-    out = _train(data, tmp_path / "qat", "--qat", "--pretrained", str(float_run / "net_g_latest.pth"),
-                 "--lr", "2e-4", "--steps", "3")
+    out = _train(
+        data,
+        tmp_path / "qat",
+        "--qat",
+        "--pretrained",
+        str(float_run / "net_g_latest.pth"),
+        "--lr",
+        "2e-4",
+        "--steps",
+        "3",
+    )
     checkpoint = _weights(out / "net_g_latest.pth")
     assert detect_config(checkpoint["params"])["qat"] is True
     assert detect_config(checkpoint["params_ema"])["qat"] is True
@@ -181,7 +182,7 @@ def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, 
     elif case == "empty_folder":
         train = str(tmp_path)
     elif case == "images_too_small":
-        train = str(_write_folder(tmp_path / "small", [(12, 20), (15, 15)], seed=3))
+        train = str(write_image_folder(tmp_path / "small", [(12, 20), (15, 15)], seed=3))
     elif case == "unreadable_checkpoint":
         (tmp_path / "garbage.pth").write_bytes(os.urandom(256))
         extra = ["--pretrained", str(tmp_path / "garbage.pth")]
@@ -205,9 +206,20 @@ def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, 
 
 def test_bad_input_exit_code_from_the_command_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "aether_train.py", "--train-dir", str(tmp_path / "nope"), "--steps", "1",
-         "--out-dir", str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "aether_train.py",
+            "--train-dir",
+            str(tmp_path / "nope"),
+            "--steps",
+            "1",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -231,8 +243,10 @@ sys.exit(aether_train.main())
 """
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="needs torch.distributed with the gloo backend")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with the gloo backend",
+)
 def test_ddp_two_cpu_processes_with_torchrun(data, tmp_path):
     """DDP (slow-ish: starts 2 processes through torchrun, about 10 s): gloo on CPU, per-rank
     patches, identical weights on both ranks through the --qat-after switch, and rank 0 alone
@@ -242,10 +256,33 @@ def test_ddp_two_cpu_processes_with_torchrun(data, tmp_path):
     wrapper.write_text(_PER_RANK_WRAPPER.format(repo=str(REPO), out=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(wrapper), *TINY, "--train-dir", str(data["train"]), "--val-dir", str(data["val"]),
-         "--steps", "4", "--qat-after", "2", "--out-dir", str(out), "--device", "cpu"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(wrapper),
+            *TINY,
+            "--train-dir",
+            str(data["train"]),
+            "--val-dir",
+            str(data["val"]),
+            "--steps",
+            "4",
+            "--qat-after",
+            "2",
+            "--out-dir",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in (0, 1))

@@ -3,6 +3,7 @@
 made once per module from the shipped QAT sample checkpoint (aether_tiny x2, receptive radius
 27 px) with aether_release's own writer; images are tiny, so most tests run in-process."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import aether_upscale
 from aether_arch import aether_tiny, save_checkpoint
 from aether_data import read_raw_image, write_raw_image
 from aether_upscale import open_runner, tile_spans, tile_windows, upscale_image
-from conftest import UNWRITABLE_KINDS, unwritable_output_dir
+from conftest import UNWRITABLE_KINDS, as_pixels, photo_like, unwritable_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "aether_tiny_x2.pth"  # a QAT training checkpoint
@@ -51,25 +52,6 @@ def runner(artifacts):
     return get
 
 
-def photo_like(height: int, width: int, *, seed: int = 0) -> np.ndarray:
-    """(H, W, 3) float in [0, 1]: smooth gradients, waves of several frequencies and a little
-    grain, so that every tile has edges and detail."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    planes = []
-    for channel in range(3):
-        angle, frequency = rng.uniform(0, np.pi), rng.uniform(0.15, 0.6)
-        wave = np.sin(frequency * (x * np.cos(angle) + y * np.sin(angle)) + channel)
-        planes.append(0.5 + 0.3 * wave + 0.15 * (x / width - y / height))
-    image = np.stack(planes, axis=2) + rng.normal(0, 0.03, (height, width, 3))
-    return image.clip(0, 1).astype(np.float32)
-
-
-def as_pixels(image: np.ndarray, dtype=np.uint8) -> np.ndarray:
-    top = np.iinfo(dtype).max
-    return np.rint(image * top).astype(dtype)
-
-
 # ---------------------------------------------------------------------------------------
 # Tiling
 # ---------------------------------------------------------------------------------------
@@ -79,7 +61,7 @@ def as_pixels(image: np.ndarray, dtype=np.uint8) -> np.ndarray:
 def test_tile_spans_cover_the_side_in_nearly_equal_pieces(length, tile):
     spans = tile_spans(length, tile)
     assert spans[0][0] == 0 and spans[-1][1] == length
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     sizes = [end - start for start, end in spans]
     assert max(sizes) - min(sizes) <= 1 and (tile == 0 or max(sizes) <= tile)
     assert len(spans) == (1 if tile == 0 else -(-length // tile))
@@ -123,8 +105,9 @@ def test_default_overlap_covers_the_receptive_field_exactly(runner):
 
 def test_without_overlap_seams_would_show(runner):
     """The tests above can fail: tiles without context differ visibly along their edges."""
-    whole, seamed = upscale_both_ways(runner("model_fp32.pth"), as_pixels(photo_like(HEIGHT, WIDTH), np.uint16),
-                                      overlap=0)
+    whole, seamed = upscale_both_ways(
+        runner("model_fp32.pth"), as_pixels(photo_like(HEIGHT, WIDTH), np.uint16), overlap=0
+    )
     assert np.abs(seamed - whole).max() > 4 * 65535 / 255
 
 
@@ -213,7 +196,10 @@ def write_inputs(folder: Path) -> dict[str, np.ndarray]:
 def run_script(*argv) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "aether_upscale.py"), *map(str, argv)],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
     )
 
@@ -225,12 +211,26 @@ def no_temporary_files(folder: Path) -> bool:
 def test_command_line_upscales_a_folder(tmp_path, artifacts):
     images = write_inputs(tmp_path / "in")
     out = tmp_path / "out" / "nested"
-    result = run_script("--model", artifacts / "model_int8.onnx", "--input", tmp_path / "in",
-                        "--output", out, "--tile", SMALL_TILE, "--threads", 2)
+    result = run_script(
+        "--model",
+        artifacts / "model_int8.onnx",
+        "--input",
+        tmp_path / "in",
+        "--output",
+        out,
+        "--tile",
+        SMALL_TILE,
+        "--threads",
+        2,
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["grey16.png", "photo.png", "rgb.png", "rgba.png"]
-    expected = {"grey16.png": (np.uint16, ()), "photo.png": (np.uint8, (3,)),
-                "rgb.png": (np.uint8, (3,)), "rgba.png": (np.uint8, (4,))}
+    expected = {
+        "grey16.png": (np.uint16, ()),
+        "photo.png": (np.uint8, (3,)),
+        "rgb.png": (np.uint8, (3,)),
+        "rgba.png": (np.uint8, (4,)),
+    }
     for name, (dtype, channels) in expected.items():
         output = read_raw_image(out / name)
         assert output.dtype == dtype and output.shape == (HEIGHT * SCALE, WIDTH * SCALE, *channels), name
@@ -244,8 +244,9 @@ def test_command_line_upscales_a_folder(tmp_path, artifacts):
 def test_single_file_with_a_training_checkpoint(tmp_path, capsys):
     source = tmp_path / "photo.jpg"
     write_raw_image(source, as_pixels(photo_like(HEIGHT, WIDTH)))
-    code = aether_upscale.main(["--model", str(SAMPLE_FLOAT), "--input", str(source),
-                                "--output", str(tmp_path / "out"), "--device", "cpu"])
+    code = aether_upscale.main(
+        ["--model", str(SAMPLE_FLOAT), "--input", str(source), "--output", str(tmp_path / "out"), "--device", "cpu"]
+    )
     captured = capsys.readouterr()
     assert code == 0 and not captured.err, captured.err
     assert read_raw_image(tmp_path / "out" / "photo.png").shape == (HEIGHT * SCALE, WIDTH * SCALE, 3)
@@ -257,8 +258,18 @@ def test_unreadable_images_are_skipped_with_one_warning_each(tmp_path, capsys, a
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "in" / "empty.webp").write_bytes(b"")
     out = tmp_path / "out"
-    code = aether_upscale.main(["--model", str(artifacts / "model_fp32.onnx"), "--input", str(tmp_path / "in"),
-                                "--output", str(out), "--tile", "0"])
+    code = aether_upscale.main(
+        [
+            "--model",
+            str(artifacts / "model_fp32.onnx"),
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(out),
+            "--tile",
+            "0",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     warnings = captured.err.strip().splitlines()
@@ -272,8 +283,9 @@ def test_nothing_readable_is_exit_code_2(tmp_path, capsys, artifacts):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "broken.png").write_bytes(b"not an image")
-    code = aether_upscale.main(["--model", str(artifacts / "model_fp32.onnx"), "--input", str(folder),
-                                "--output", str(tmp_path / "out")])
+    code = aether_upscale.main(
+        ["--model", str(artifacts / "model_fp32.onnx"), "--input", str(folder), "--output", str(tmp_path / "out")]
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and lines[0].startswith("WARNING: skipped ") and "broken.png" in lines[0]
     assert lines[1].startswith("aether_upscale.py: error: no image written") and len(lines) == 2
@@ -282,8 +294,7 @@ def test_nothing_readable_is_exit_code_2(tmp_path, capsys, artifacts):
 
 def expect_bad_input(capsys, model, source, out, *extra) -> str:
     """main() on bad input: exit 2, nothing on stdout, one error line on stderr (returned)."""
-    code = aether_upscale.main(["--model", str(model), "--input", str(source), "--output", str(out),
-                                *map(str, extra)])
+    code = aether_upscale.main(["--model", str(model), "--input", str(source), "--output", str(out), *map(str, extra)])
     captured = capsys.readouterr()
     assert code == 2 and not captured.out, captured
     lines = captured.err.strip().splitlines()
@@ -294,8 +305,9 @@ def expect_bad_input(capsys, model, source, out, *extra) -> str:
 def bad_model(kind: str, folder: Path, artifacts: Path) -> Path:
     if kind == "missing":
         return folder / "missing.onnx"
-    path = folder / {"unsupported_type": "model.bin", "other_onnx": "model.onnx",
-                     "corrupt_onnx": "model.onnx"}.get(kind, "model.pth")
+    path = folder / {"unsupported_type": "model.bin", "other_onnx": "model.onnx", "corrupt_onnx": "model.onnx"}.get(
+        kind, "model.pth"
+    )
     if kind == "unsupported_type":
         path.write_bytes((artifacts / "model_fp32.pth").read_bytes())
     elif kind == "other_architecture":
@@ -309,7 +321,8 @@ def bad_model(kind: str, folder: Path, artifacts: Path) -> Path:
         path.write_bytes(os.urandom(4096))
     elif kind == "other_onnx":  # a valid ONNX graph that is not an image model
         graph = onnx.helper.make_graph(
-            [onnx.helper.make_node("Relu", ["x"], ["y"])], "relu",
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "relu",
             [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
             [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
         )
@@ -319,8 +332,19 @@ def bad_model(kind: str, folder: Path, artifacts: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["missing", "unsupported_type", "other_architecture", "corrupt_pth",
-                                  "truncated_pth", "corrupt_onnx", "other_onnx", "one_channel"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing",
+        "unsupported_type",
+        "other_architecture",
+        "corrupt_pth",
+        "truncated_pth",
+        "corrupt_onnx",
+        "other_onnx",
+        "one_channel",
+    ],
+)
 def test_bad_model(tmp_path, capsys, artifacts, kind):
     write_inputs(tmp_path / "in")
     out = tmp_path / "out"
@@ -367,8 +391,9 @@ def test_unwritable_output(tmp_path, capsys, monkeypatch, artifacts, kind):
     assert blocker.read_text() == "x" and (not out.is_dir() or not list(out.iterdir()))
 
 
-@pytest.mark.parametrize("option", [["--tile", "-1"], ["--tile", "big"], ["--overlap", "-4"],
-                                    ["--threads", "two"], ["--device", "tpu"]])
+@pytest.mark.parametrize(
+    "option", [["--tile", "-1"], ["--tile", "big"], ["--overlap", "-4"], ["--threads", "two"], ["--device", "tpu"]]
+)
 def test_bad_option(tmp_path, capsys, artifacts, option):
     write_inputs(tmp_path / "in")
     error = expect_bad_input(capsys, artifacts / "model_fp32.onnx", tmp_path / "in", tmp_path / "out", *option)
