@@ -969,7 +969,9 @@ def error_summary(exc: BaseException) -> str:
 def _pickle_imports_code(path: str) -> bool:
     """Whether a pickle that torch's weights-only loader refused is a well-formed pickle that
     imports Python objects (code) rather than damaged bytes. Only parses opcodes
-    (pickletools), never executes them."""
+    (pickletools), never executes them. Torch's own message names the refused global for
+    torch.save files, but for a plain pickle of protocol 4 or later it says "Unsupported
+    operand 149", as it does for random bytes: only the opcodes tell the two apart."""
     import pickletools
     import zipfile
 
