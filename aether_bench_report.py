@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import types
 import typing
@@ -722,11 +723,20 @@ def family_color(model: str) -> str:
 
 
 def _plain_log_ticks(*axes_list: Any) -> None:
-    """Log axes labelled 40, 50, 60 rather than 4×10^1."""
-    formatter = FuncFormatter(lambda value, _: f"{value:g}")
+    """Log axes labelled 20, 50, 100 rather than 2×10^1; the 2 and 5 between the decades only
+    where the axis spans fewer than three decades (else they crowd)."""
+
+    def minor(axis: Any) -> FuncFormatter:
+        def label(value: float, _: int) -> str:
+            low, high = axis.get_view_interval()
+            mantissa = round(value / 10 ** math.floor(math.log10(value)))
+            return f"{value:g}" if mantissa in (2, 5) and high / low < 1000 else ""
+
+        return FuncFormatter(label)
+
     for axis in axes_list:
-        axis.set_major_formatter(formatter)
-        axis.set_minor_formatter(formatter)
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(minor(axis))
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -790,6 +800,7 @@ def latency_macs_plot(results: CompareResults, scale: int) -> Figure:
         axes.legend(loc="upper left")
     axes.set_xscale("log")
     axes.set_yscale("log")
+    axes.margins(x=0.12)
     _plain_log_ticks(axes.xaxis, axes.yaxis)
     axes.set_title(f"Latency vs compute at {square}, ×{scale} (filled: INT8, hollow: FP32; lines: roofline floors)")
     axes.set_xlabel("MACs per LR pixel, K (log scale)")

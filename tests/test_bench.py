@@ -25,6 +25,7 @@ from aether_bench_report import (
     ORT_INT8,
     RRDB,
     CompareResults,
+    QatResult,
     QualityResult,
     QualityRow,
     Roofline,
@@ -239,6 +240,33 @@ def test_report_says_met_when_targets_are_met_and_round_trips_through_json():
     restored = CompareResults.from_json(results.to_json())
     assert aether_bench_report.compare_markdown(restored) == report
     json.loads(results.to_json())
+
+
+def _qat(qat_int8_db):
+    psnr = {
+        "bicubic": [30.0, 31.0],
+        "FP32": [32.0, 33.0],
+        "QAT-INT8": [qat_int8_db, qat_int8_db + 1],
+        "PTQ-INT8": [31.7, 32.7],
+    }
+    setup = "aether_tiny ×2, batch 16"
+    return QatResult(
+        2, "float.pth", "qat.pth", "val", "train crops", ["a.png", "b.png"], psnr, setup, _timing(200.0), _timing(260.0)
+    )
+
+
+@pytest.mark.parametrize("qat_int8_db, verdict", [(31.96, "met"), (31.8, "**MISSED**")])
+def test_qat_verdict_and_its_section_round_trip_through_json(qat_int8_db, verdict):
+    """QAT-INT8 within 0.15 dB of FP32 (and better than PTQ) is met; 0.2 dB below is missed."""
+    results = _results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0)
+    results.qat = _qat(qat_int8_db)
+    report = aether_bench_report.compare_markdown(results)
+    gap = 32.5 - (qat_int8_db + 0.5)
+    assert f"- {verdict}: ×2 sample: QAT-INT8 is +{gap:.3f} dB below FP32" in report.split("## Roofline")[0]
+    assert "Missed: " + ("0" if verdict == "met" else "1") + " of 5 checks." in report
+    assert "a QAT step costs 1.30× a float step" in report
+    restored = CompareResults.from_json(results.to_json())
+    assert restored.qat == results.qat and aether_bench_report.compare_markdown(restored) == report
 
 
 def test_plots_are_valid_pngs(tmp_path):
