@@ -60,6 +60,12 @@ def qat_model():
     return _qat_model()
 
 
+@pytest.fixture(scope="module")
+def qat_proto(qat_model):
+    """The Q/DQ export of qat_model (exported once: the exporter takes seconds)."""
+    return onnx_model_proto(qat_model)
+
+
 def _manual_fake_quant(x, scale, zero_point, qmin, qmax):
     """ONNX QuantizeLinear -> DequantizeLinear, written out: round half to even, saturate."""
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
@@ -148,8 +154,8 @@ def _session(proto, optimize=True):
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def test_qdq_onnx_carries_the_qat_scales_and_matches_pytorch(tmp_path, qat_model):
-    proto = onnx_model_proto(qat_model)
+def test_qdq_onnx_carries_the_qat_scales_and_matches_pytorch(qat_model, qat_proto):
+    proto = qat_proto
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
     scalar_scales = {float(v) for v in initializers.values() if v.dtype == np.float32 and v.ndim == 0}
     for m in qat_model.modules():
@@ -169,11 +175,11 @@ def test_qdq_onnx_carries_the_qat_scales_and_matches_pytorch(tmp_path, qat_model
     assert np.abs(integer - expected).max() <= 2 * step
 
 
-def test_onnx_runtime_runs_integer_kernels(tmp_path, qat_model):
+def test_onnx_runtime_runs_integer_kernels(tmp_path, qat_model, qat_proto):
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    ort.InferenceSession(onnx_model_proto(qat_model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(qat_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
     n_convs = sum(isinstance(m, QuantConv2d) for m in qat_model.modules())
     # the two output convs (upsampler, shortcut) give float outputs by design
