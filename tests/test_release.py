@@ -39,8 +39,9 @@ ONNX_FILES = [name for name in ARTIFACTS if name.endswith(".onnx")]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def release(*argv) -> tuple[int, str, str]:
+def release(model, validation_dir, output_dir, *extra) -> tuple[int, str, str]:
     """main() with stdout/stderr captured (module fixtures cannot use capsys)."""
+    argv = ["--model-path", model, "--validation-dir", validation_dir, "--output-dir", output_dir, *extra]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = aether_release.main([str(a) for a in argv])
@@ -96,7 +97,7 @@ def qat_checkpoint(workdir, float_model):
 @pytest.fixture(scope="module")
 def float_release(workdir, float_checkpoint, val_dir):
     out = workdir / "out_float"
-    code, stdout, stderr = release("--model-path", float_checkpoint, "--validation-dir", val_dir, "--output-dir", out)
+    code, stdout, stderr = release(float_checkpoint, val_dir, out)
     assert code == 0, stderr
     return out, stdout, stderr
 
@@ -245,7 +246,7 @@ def test_fp16_onnx_has_float16_weights_and_io_and_runs(float_release):
 
 def test_qat_checkpoint_then_rerun_for_another_profile(workdir, qat_checkpoint, val_dir):
     out = workdir / "out_qat"
-    common = ["--model-path", qat_checkpoint, "--validation-dir", val_dir, "--output-dir", out, "--skip-fp16"]
+    common = [qat_checkpoint, val_dir, out, "--skip-fp16"]
     code, _, stderr = release(*common)
     assert code == 0, stderr
     assert "PTQ" not in stderr and "fine-tuned with QAT" not in stderr
@@ -268,11 +269,8 @@ def test_skip_flags_leave_out_and_remove_those_artifacts(tmp_path, float_release
     out = tmp_path / "out"
     shutil.copytree(float_release[0], out)  # an earlier full release in the same folder
     code, _, stderr = release(
-        "--model-path",
         float_checkpoint,
-        "--validation-dir",
         val_dir,
-        "--output-dir",
         out,
         "--skip-fp16",
         "--skip-int8",
@@ -294,11 +292,8 @@ def test_failed_artifact_is_named_and_not_left_under_its_name(tmp_path, monkeypa
     calibration.mkdir()
     shutil.copy(val_dir / "rgb.png", calibration)
     code, _, stderr = release(
-        "--model-path",
         float_checkpoint,
-        "--validation-dir",
         val_dir,
-        "--output-dir",
         out,
         "--skip-fp16",
         "--calibration-dir",
