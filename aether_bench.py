@@ -64,6 +64,7 @@ from aether_arch import (
     int8_state_dict,
     load_model,
 )
+from aether_bench_plots import write_plots
 from aether_bench_quality import measure_qat, measure_quality
 from aether_bench_report import (
     AETHER_INT8,
@@ -319,10 +320,16 @@ def library_versions() -> str:
     )
 
 
+def render(results: CompareResults, out_dir: Path) -> str:
+    """DIR/benchmarks.md and its two plots from ``results``; the report."""
+    write_plots(results, out_dir)
+    return write_report(results, out_dir)
+
+
 def run_compare(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if args.render_only:
-        print(write_report(load_results(out_dir), out_dir))
+        print(render(load_results(out_dir), out_dir))
         return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -373,7 +380,7 @@ def run_compare(args: argparse.Namespace) -> int:
         progress("QAT measured")
     results.meta["wall_s"] = time.perf_counter() - started
     save_results(results, out_dir)
-    print(write_report(results, out_dir))
+    print(render(results, out_dir))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The report of ``aether_bench.py compare``: what a run measured (the dataclasses saved as
-benchmarks_results.json), the verdict on every target, the Markdown report and its two plots.
+benchmarks_results.json), the verdict on every target and the Markdown report (its two plots
+are aether_bench_plots.py's).
 
 Everything here reads only the results: ``python3 aether_bench.py compare --out DIR
 --render-only`` rebuilds DIR/benchmarks.md and the plots from DIR/benchmarks_results.json.
@@ -9,16 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import statistics
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
-
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from aether_arch import PRESET_FACTORIES, atomic_write
 from aether_cli import markdown_table
@@ -712,115 +709,6 @@ def compare_markdown(results: CompareResults) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Plots
-# ---------------------------------------------------------------------------------------
-
-AETHER_COLOR, PEER_COLOR, RRDB_COLOR = "tab:blue", "tab:orange", "tab:red"
-
-
-def family_color(model: str) -> str:
-    return AETHER_COLOR if model in PRESET_FACTORIES else RRDB_COLOR if model == RRDB else PEER_COLOR
-
-
-def _plain_log_ticks(*axes_list: Any) -> None:
-    """Log axes labelled 20, 50, 100 rather than 2×10^1; the 2 and 5 between the decades only
-    where the axis spans fewer than three decades (else they crowd)."""
-
-    def minor(axis: Any) -> FuncFormatter:
-        def label(value: float, _: int) -> str:
-            low, high = axis.get_view_interval()
-            mantissa = round(value / 10 ** math.floor(math.log10(value)))
-            return f"{value:g}" if mantissa in (2, 5) and high / low < 1000 else ""
-
-        return FuncFormatter(label)
-
-    for axis in axes_list:
-        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        axis.set_minor_formatter(minor(axis))
-
-
-def _save(figure: Figure, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        figure.savefig(tmp, format="png")
-
-
-def speed_quality_plot(quality: QualityResult) -> Figure:
-    figure = Figure(figsize=(10, 6.4), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    for row in quality.rows:
-        axes.scatter(row.int8_latency.median, row.psnr_int8, color=family_color(row.model), s=50)
-        axes.annotate(
-            f"{row.model} INT8",
-            (row.int8_latency.median, row.psnr_int8),
-            textcoords="offset points",
-            xytext=(7, 5),
-            color=family_color(row.model),
-        )
-    axes.axhline(quality.bicubic_psnr, color="grey", linewidth=1.5)
-    axes.annotate(
-        "bicubic",
-        (1, quality.bicubic_psnr),
-        xycoords=("axes fraction", "data"),
-        textcoords="offset points",
-        xytext=(-50, 5),
-        color="grey",
-    )
-    axes.set_xscale("log")
-    axes.margins(x=0.15)
-    _plain_log_ticks(axes.xaxis)
-    axes.set_title(f"Quality at equal training budget ({quality.steps} steps, ×{quality.scale}) vs INT8 speed")
-    axes.set_xlabel(f"ORT INT8 latency, ms (1×3×{quality.input_size}×{quality.input_size}, log scale)")
-    axes.set_ylabel("PSNR on held-out images, dB")
-    axes.grid(True, which="both", color="0.9")
-    return figure
-
-
-def latency_macs_plot(results: CompareResults, scale: int) -> Figure:
-    """Every model's FP32 (hollow) and INT8 (filled) latency against its MACs, with the
-    roofline's FP32 and INT8 floors."""
-    size = results.meta["options"]["size"]
-    square = square_label(size)
-    figure = Figure(figsize=(10, 6.4), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    macs = [row.macs_per_lr_pixel / 1e3 for row in results.speed if row.scale == scale]
-    for row in (r for r in results.speed if r.scale == scale):
-        color, x = family_color(row.model), row.macs_per_lr_pixel / 1e3
-        for fmt, filled in ((ORT_FP32, False), (ORT_INT8, True)):
-            median = row.median(fmt, square)
-            if median is not None:
-                axes.scatter(x, median, s=50, color=color if filled else "none", edgecolors=color)
-                if filled:
-                    axes.annotate(row.model, (x, median), textcoords="offset points", xytext=(7, 5), color=color)
-    if results.roofline is not None:
-        span = [min(macs) / 2, max(macs) * 2]
-        for fmt, style in ((ORT_FP32, "--"), (ORT_INT8, ":")):
-            peak = results.roofline.peak(fmt)
-            floor_ms = [k * 1e3 * size**2 / peak * 1e3 for k in span]
-            axes.plot(span, floor_ms, style, color="grey", label=f"{fmt.split()[-1]} floor ({peak / 1e9:.0f} GMAC/s)")
-        axes.legend(loc="upper left")
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.margins(x=0.12)
-    _plain_log_ticks(axes.xaxis, axes.yaxis)
-    axes.set_title(f"Latency vs compute at {square}, ×{scale} (filled: INT8, hollow: FP32; lines: roofline floors)")
-    axes.set_xlabel("MACs per LR pixel, K (log scale)")
-    axes.set_ylabel("ORT latency, ms (log scale)")
-    axes.grid(True, which="both", color="0.9")
-    return figure
-
-
-def write_plots(results: CompareResults, out_dir: Path) -> list[Path]:
-    written = []
-    if results.quality is not None and results.quality.rows:
-        _save(speed_quality_plot(results.quality), out_dir / SPEED_QUALITY_PNG)
-        written.append(out_dir / SPEED_QUALITY_PNG)
-    if results.speed:
-        _save(latency_macs_plot(results, max(row.scale for row in results.speed)), out_dir / LATENCY_MACS_PNG)
-        written.append(out_dir / LATENCY_MACS_PNG)
-    return written
-
-
-# ---------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------
 
@@ -836,9 +724,8 @@ def load_results(out_dir: Path) -> CompareResults:
 
 
 def write_report(results: CompareResults, out_dir: Path) -> str:
-    """Write DIR/benchmarks.md and the plots; return the report."""
+    """Write DIR/benchmarks.md; return it."""
     report = compare_markdown(results)
-    write_plots(results, out_dir)
     with atomic_write(out_dir / REPORT_NAME) as tmp:
         Path(tmp).write_text(report, encoding="utf-8")
     return report

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import aether_bench
+import aether_bench_plots
 import aether_bench_report
 from aether_arch import PRESET_FACTORIES
 from aether_bench_quality import measure_quality
@@ -270,7 +271,7 @@ def test_qat_verdict_and_its_section_round_trip_through_json(qat_int8_db, verdic
 
 
 def test_plots_are_valid_pngs(tmp_path):
-    written = aether_bench_report.write_plots(_results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0), tmp_path)
+    written = aether_bench_plots.write_plots(_results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0), tmp_path)
     assert [p.name for p in written] == [aether_bench_report.SPEED_QUALITY_PNG, aether_bench_report.LATENCY_MACS_PNG]
     for path in written:
         image = cv2.imread(str(path))
