@@ -411,6 +411,11 @@ INT8_PROFILES: dict[str, torch.dtype] = {
     "tensorrt": torch.int8,  # TensorRT explicit quantization: symmetric, zero-point 0
 }
 WEIGHT_QMAX = 127  # symmetric [-127, 127]: -128 unused, as TensorRT and ORT expect
+# Biases are int32 on the grid input_scale x weight_scale; a weight scale is never so small that
+# its bias needs more than this many steps (int32 saturates at 2**31 - 1; the headroom keeps the
+# accumulator, bias plus sum of products, inside int32 too).
+BIAS_QMAX = 2**30
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def _check_int8_profile(profile: str) -> None:
@@ -596,8 +601,14 @@ class QuantConv2d(nn.Conv2d):
 
     @torch.no_grad()
     def refresh_weight_scale(self) -> None:
-        amax = self.weight.detach().abs().amax(dim=(1, 2, 3)).float()
-        self.weight_scale.copy_((amax / WEIGHT_QMAX).clamp(min=1e-12))
+        """max |w| / 127 per output channel, but at least |bias| / (input_scale * BIAS_QMAX): a
+        channel with (nearly) zero weights (dead in a trained model; a fresh model's upsampler)
+        would otherwise get a scale so small that its int32 bias saturates."""
+        scale = self.weight.detach().abs().amax(dim=(1, 2, 3)).float() / WEIGHT_QMAX
+        if self.bias is not None and self._input_quant is not None:
+            input_scale = self._input_quant.positive_scale().detach().float()
+            scale = torch.maximum(scale, self.bias.detach().abs().float() / (input_scale * BIAS_QMAX))
+        self.weight_scale.copy_(scale.clamp(min=1e-12))
 
     def quantized_weight(self) -> torch.Tensor:
         if self.training:
@@ -654,11 +665,13 @@ class QuantConv2d(nn.Conv2d):
         input_scale = self._input_quant.positive_scale().float()
         bias_scale = self.bias_scale()
         x_int = torch.round(x.double() / input_scale.double())  # the input's (q - zero_point)
-        bias_int = None if self.bias is None else torch.round(self.bias.float() / bias_scale)
+        bias_int = None
+        if self.bias is not None:  # QuantizeLinear to int32 saturates, as ONNX Runtime does
+            bias_int = torch.round(self.bias.float() / bias_scale).double().clamp(INT32_MIN, INT32_MAX)
         acc = F.conv2d(
             x_int,
             self.int8_weight().double(),
-            None if bias_int is None else bias_int.double(),
+            bias_int,
             self.stride,
             self.padding,
             self.dilation,
@@ -793,7 +806,7 @@ def calibrate_int8(model: AetherNet, batches: Any) -> AetherNet:
             q.observing = False
     if not seen:
         raise ValueError("calibrate_int8 needs at least one batch of images")
-    return model
+    return model.eval()  # eval() refreshes the weight scales for the input ranges just set
 
 
 def int8_state_dict(model: AetherNet) -> OrderedDict[str, torch.Tensor]:

@@ -284,6 +284,37 @@ def test_skip_flags_leave_out_and_remove_those_artifacts(tmp_path, float_release
     assert len(report["artifacts"]) == 2 and [i["name"] for i in report["images"]] == ["grey16.png"]
 
 
+def _int8_edge_case(kind: str, float_model) -> torch.nn.Module:
+    """Valid checkpoints whose INT8 has channels with zero weights: a fresh model (its upsampler
+    is all zero, its bias holds the output mean), trained weights with dead channels, scale 1."""
+    if kind == "fresh":
+        return aether_tiny(scale=2, num_blocks=1)
+    if kind == "scale_1":
+        return aether_tiny(scale=1, num_blocks=1)
+    model = copy.deepcopy(float_model).fuse()
+    with torch.no_grad():
+        for conv in (model.blocks[0].local, model.blocks[0].mix, model.upsample):
+            conv.weight[::3] = 0  # every third output channel dead, its bias kept
+    return model
+
+
+@pytest.mark.parametrize("kind", ["fresh", "dead_channels", "scale_1"])
+def test_int8_is_right_for_channels_with_zero_weights(tmp_path, float_model, val_dir, kind):
+    """Such a channel must not get a weight scale so small that its int32 bias saturates: the
+    release passes, and model_int8.pth reproduces model_int8.onnx within 1/255."""
+    path = tmp_path / "model.pth"
+    save_checkpoint(_int8_edge_case(kind, float_model), path)
+    out = tmp_path / "out"
+    code, _, stderr = release(path, val_dir, out, "--skip-fp16")
+    assert code == 0, stderr
+    session = ort.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    x = to_tensor(photo_like(20, 28, seed=5))
+    with torch.no_grad():
+        from_pth = load_model(out / "model_int8.pth")(x).numpy()
+    from_onnx = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(from_pth - from_onnx).max() <= 1 / 255
+
+
 def test_failed_artifact_is_named_and_not_left_under_its_name(tmp_path, monkeypatch, float_checkpoint, val_dir):
     monkeypatch.setitem(aether_release.FIDELITY_FLOOR_DB, "int8", 1000.0)
     out, calibration = tmp_path / "out", tmp_path / "calibration"
