@@ -13,15 +13,16 @@ Design notes
   conv, smaller convs, an identity), each followed by BatchNorm (RepVGG/SPAN style).
   ``AetherNet.fuse()`` folds each such block into ONE standard convolution; the norms
   disappear into its weights and bias. The fused (deploy) form is the one that is exported.
-* The large receptive field comes from a *partial dense* large kernel: a dense k x k conv over
-  a slice of the channels (the rest pass through untouched). Depthwise large kernels would be
-  cheaper in FP32 but run SLOWER in INT8 on ONNX Runtime's CPU provider, whereas dense convs
-  run 2-4x faster in INT8, so the deploy graph is dense convs + ReLU + adds only: every op
-  quantizes to an integer kernel.
+* Designed for integer throughput (v2): every conv is dense and works on all channels (large
+  kernels on >= 48 channels keep ONNX Runtime's INT8 kernels near their peak; no split/concat,
+  no 1x1 mixing convs in the body), blocks alternate a k x k and a 3 x 3 second conv, and the
+  output head is two 1x1 convs (features -> sub-pixels, and a shortcut from the input) whose
+  sum lands on the 8-bit image grid. The README's architecture section has the measurements.
 * Quantization-aware training (``qat=True`` / ``prepare_qat``) fine-tunes the fused form with
-  the exact INT8 arithmetic of the exported Q/DQ graph (see the QAT section).
-* The input is normalised inside the network (mean subtraction); input and output are RGB,
-  float, NCHW, range [0, 1]. In eval mode the output is clamped to [0, 1].
+  the exact INT8 arithmetic of the exported Q/DQ graph, output included (see the QAT section).
+* Input and output are RGB, float, NCHW, range [0, 1]; there is no mean subtraction (the head
+  conv's bias absorbs it, which keeps the input exactly on its 8-bit grid in INT8). In eval mode
+  the output is clamped to [0, 1].
 """
 
 from __future__ import annotations
@@ -40,12 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 ARCH_NAME = "AetherNet"
 
-# DIV2K RGB mean, the usual SR normalisation; channels beyond RGB use 0.5.
-_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+ARCH_VERSION = 2  # v1 (partial large kernels, mean subtraction) checkpoints do not load
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,34 +171,25 @@ def fuse_children(module: nn.Module) -> None:
 
 
 class AetherBlock(nn.Module):
-    """Residual block: 3x3 conv -> ReLU -> partial large-kernel conv -> 1x1 conv, + input.
+    """Residual block: 3x3 conv -> ReLU -> k x k conv (k = 3 or the large kernel), + input."""
 
-    The partial large kernel is a dense k x k conv on the first ``partial_channels``
-    channels; the rest pass through. A dense (not depthwise) large kernel on a slice keeps
-    the large receptive field while staying an integer-friendly GEMM (see module docstring).
-    """
-
-    def __init__(self, channels: int, partial_channels: int, large_kernel: int, *, fused: bool) -> None:
+    def __init__(self, channels: int, kernel_size: int, *, fused: bool) -> None:
         super().__init__()
-        self.partial_channels = partial_channels
-        self.local = make_conv(channels, channels, (3, 1), fused=fused)
+        self.conv1 = make_conv(channels, channels, (3, 1), fused=fused)
         self.act = nn.ReLU(inplace=True)
-        self.local_q = QuantPoint()
-        self.large = make_conv(partial_channels, partial_channels, (large_kernel, 3), fused=fused)
-        self.large_q = QuantPoint()
-        self.concat_q = QuantPoint()
-        self.mix = make_conv(channels, channels, (1,), fused=fused)
-        self.mix_q = QuantPoint()
+        self.act_q = QuantPoint()
+        self.conv2 = make_conv(channels, channels, (kernel_size, 3) if kernel_size > 3 else (3, 1), fused=fused)
+        self.conv2_q = QuantPoint()
         self.out_q = QuantPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.local_q(self.act(self.local(x)))
-        p = self.partial_channels
-        # Slices are re-quantized with their producer's parameters (exact, since they are
-        # already on its grid) so that the exported graph has Q/DQ right before each consumer.
-        large = self.large_q(self.large(self.local_q(y[:, :p])))
-        y = self.concat_q(torch.cat([large, self.local_q(y[:, p:])], dim=1))
-        return self.out_q(x + self.mix_q(self.mix(y)))
+        return self.out_q(x + self.conv2_q(self.conv2(self.act_q(self.act(self.conv1(x))))))
+
+
+def block_kernel(index: int, large_kernel: int) -> int:
+    """The second conv's kernel in block ``index``: blocks alternate large and 3x3, starting
+    large (a large kernel on every block would cost 1.9x the MACs for a little more context)."""
+    return large_kernel if index % 2 == 0 else 3
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,14 +205,13 @@ class AetherNet(nn.Module):
         in_channels / out_channels: image channels (3 for RGB).
         dim: feature channels.
         num_blocks: number of AetherBlocks.
-        large_kernel: odd kernel size of the partial large-kernel conv.
-        partial_channels: channels the large kernel is applied to (<= dim).
+        large_kernel: odd kernel size of the second conv of every other block (3 or more).
         fused: build the deploy form directly (to load fused checkpoints).
         qat: build the quantization-aware form (fused + INT8 simulation, see prepare_qat);
             float checkpoints of either form still load into it with strict=True.
-        int8_profile: "cpu" (ONNX Runtime CPU: asymmetric uint8 activations) or "tensorrt"
-            (symmetric int8 activations, zero-point 0). Weights are always symmetric int8
-            per output channel.
+        int8_profile: "cpu" (ONNX Runtime CPU: asymmetric uint8 activations, integer output
+            head) or "tensorrt" (symmetric int8 activations, zero-point 0). Weights are always
+            symmetric int8 per output channel.
     """
 
     def __init__(
@@ -231,9 +221,8 @@ class AetherNet(nn.Module):
         in_channels: int = 3,
         out_channels: int = 3,
         dim: int = 48,
-        num_blocks: int = 8,
-        large_kernel: int = 9,
-        partial_channels: int = 16,
+        num_blocks: int = 3,
+        large_kernel: int = 5,
         fused: bool = False,
         qat: bool = False,
         int8_profile: str = "cpu",
@@ -246,7 +235,6 @@ class AetherNet(nn.Module):
             dim=dim,
             num_blocks=num_blocks,
             large_kernel=large_kernel,
-            partial_channels=partial_channels,
         )
         _check_int8_profile(int8_profile)
         self.config: dict[str, Any] = {
@@ -256,7 +244,6 @@ class AetherNet(nn.Module):
             "dim": dim,
             "num_blocks": num_blocks,
             "large_kernel": large_kernel,
-            "partial_channels": partial_channels,
         }
         self.scale = scale
         self.in_channels = in_channels
@@ -265,23 +252,24 @@ class AetherNet(nn.Module):
         self.qat = False
         self.int8_profile = int8_profile
 
-        self.register_buffer("mean", _channel_mean(in_channels))
         self.input_q = QuantPoint()
         self.head = nn.Conv2d(in_channels, dim, 3, padding=1)
         self.head_q = QuantPoint()
         self.blocks = nn.Sequential(
-            *(AetherBlock(dim, partial_channels, large_kernel, fused=fused) for _ in range(num_blocks))
+            *(AetherBlock(dim, block_kernel(i, large_kernel), fused=fused) for i in range(num_blocks))
         )
         self.body_tail = make_conv(dim, dim, (3, 1), fused=fused)
         self.tail_q = QuantPoint()
         self.feat_q = QuantPoint()
-        # The two output convs take quantized inputs and int8 weights but give float outputs:
-        # an 8-bit grid over the output range would be coarser than 1/255 (and they are a
-        # small share of the MACs).
-        self.upsample = nn.Conv2d(dim, out_channels * scale * scale, 3, padding=1)
+        # 1x1 output convs: a 3x3 one with out_channels * scale**2 (12 at x2) outputs is a
+        # narrow GEMM that ran at ~100 GMAC/s in INT8, as slow as two body convs.
+        self.upsample = nn.Conv2d(dim, out_channels * scale * scale, 1)
+        self.upsample_q = QuantPoint()
         # Learned shortcut from the input straight to the sub-pixel output, initialised to
         # nearest-neighbour upsampling: the body only has to learn the residual detail.
-        self.skip = nn.Conv2d(in_channels, out_channels * scale * scale, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels * scale * scale, 1)
+        self.skip_q = QuantPoint()
+        self.output_q = QuantPoint()
         self.shuffle = nn.PixelShuffle(scale)
         if not fused:
             self._init_for_training()
@@ -299,7 +287,7 @@ class AetherNet(nn.Module):
         nn.init.zeros_(self.upsample.weight)
         nn.init.zeros_(self.upsample.bias)
         for block in self.blocks:
-            for module in block.mix.modules():
+            for module in block.conv2.modules():
                 if isinstance(module, nn.BatchNorm2d):
                     nn.init.zeros_(module.weight)
         self.skip.weight.zero_()
@@ -307,39 +295,31 @@ class AetherNet(nn.Module):
         if self.in_channels == self.out_channels:
             r2 = self.scale * self.scale
             for c in range(self.out_channels):
-                self.skip.weight[c * r2 : (c + 1) * r2, c, 1, 1] = 1.0
+                self.skip.weight[c * r2 : (c + 1) * r2, c] = 1.0
 
     def forward_unclamped(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_q(x - self.mean)
+        x = self.input_q(x)
         feat = self.head_q(self.head(x))
         tail = self.tail_q(self.body_tail(self.blocks(feat)))
         feat = self.feat_q(feat + tail)
-        out = self.shuffle(self.upsample(feat) + self.skip(x))
-        # A fused model has the output mean folded into the upsampler bias (see fuse()).
-        return out if self.fused else out + self._output_mean()
+        out = self.output_q(self.upsample_q(self.upsample(feat)) + self.skip_q(self.skip(x)))
+        # The sub-pixels are re-quantized on their own grid (exact): in the INT8 graph the
+        # pixel shuffle then moves 8-bit values, not floats.
+        return self.output_q(self.shuffle(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.forward_unclamped(x)
-        return out if self.training else out.clamp(0.0, 1.0)
-
-    def _output_mean(self) -> torch.Tensor:
-        if self.in_channels == self.out_channels:
-            return self.mean
-        return _channel_mean(self.out_channels).to(self.mean)
+        # An integer output is clamped by its own [0, 1] grid: a Clip would cost a float pass.
+        on_image_grid = isinstance(self.output_q, ActQuant)
+        return out if self.training or on_image_grid else out.clamp(0.0, 1.0)
 
     @torch.no_grad()
     def fuse(self) -> "AetherNet":
-        """Turn the model, in place, into its deploy form and return it. Idempotent.
-
-        Every RepConv (parallel branches + BatchNorms) becomes one nn.Conv2d, and the output
-        mean shift is folded into the upsampler bias (PixelShuffle maps channel
-        c*r*r + i to colour c, so each colour's mean goes to its r*r sub-pixel channels)."""
-        if self.fused:
-            return self
-        fuse_children(self)
-        r2 = self.scale * self.scale
-        self.upsample.bias.add_(self._output_mean().flatten().repeat_interleave(r2))
-        self.fused = True
+        """Turn the model, in place, into its deploy form and return it: every RepConv
+        (parallel branches + BatchNorms) becomes one nn.Conv2d. Idempotent."""
+        if not self.fused:
+            fuse_children(self)
+            self.fused = True
         return self
 
     def extra_repr(self) -> str:
@@ -349,19 +329,12 @@ class AetherNet(nn.Module):
         return flags + ", " + ", ".join(f"{k}={v}" for k, v in self.config.items())
 
 
-def _channel_mean(channels: int) -> torch.Tensor:
-    values = _RGB_MEAN if channels == 3 else (0.5,) * channels
-    return torch.tensor(values, dtype=torch.float32).reshape(1, channels, 1, 1)
-
-
 def _check_hyperparameters(**hp: int) -> None:
     for name, value in hp.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"AetherNet: {name} must be a positive integer, got {value!r}")
     if hp["large_kernel"] % 2 == 0 or hp["large_kernel"] < 3:
         raise ValueError(f"AetherNet: large_kernel must be odd and >= 3, got {hp['large_kernel']}")
-    if hp["partial_channels"] > hp["dim"]:
-        raise ValueError(f"AetherNet: partial_channels ({hp['partial_channels']}) must not exceed dim ({hp['dim']})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -369,10 +342,10 @@ def _check_hyperparameters(**hp: int) -> None:
 # ---------------------------------------------------------------------------------------
 
 PRESETS: dict[str, dict[str, int]] = {
-    "aether_tiny": {"dim": 32, "num_blocks": 6, "large_kernel": 7, "partial_channels": 16},
-    "aether_small": {"dim": 48, "num_blocks": 8, "large_kernel": 9, "partial_channels": 16},
-    "aether_medium": {"dim": 64, "num_blocks": 16, "large_kernel": 11, "partial_channels": 32},
-    "aether_large": {"dim": 128, "num_blocks": 24, "large_kernel": 13, "partial_channels": 32},
+    "aether_tiny": {"dim": 48, "num_blocks": 3, "large_kernel": 5},
+    "aether_small": {"dim": 64, "num_blocks": 3, "large_kernel": 5},
+    "aether_medium": {"dim": 96, "num_blocks": 6, "large_kernel": 7},
+    "aether_large": {"dim": 128, "num_blocks": 13, "large_kernel": 7},
 }
 
 
@@ -416,6 +389,14 @@ WEIGHT_QMAX = 127  # symmetric [-127, 127]: -128 unused, as TensorRT and ORT exp
 # accumulator, bias plus sum of products, inside int32 too).
 BIAS_QMAX = 2**30
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+# Profiles whose INT8 graph is integer to the end: the output convs land on the image grid.
+INTEGER_OUTPUT_PROFILES = ("cpu",)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _check_int8_profile(profile: str) -> None:
@@ -492,18 +473,24 @@ class ActQuant(nn.Module):
     The range is initialised from the first training batch it sees (or from calibration
     data, see calibrate_int8), then the scale is learned by gradient descent (LSQ, Esser et
     al. 2020) while the zero-point stays fixed. In eval mode it is the exact Q/DQ pair that
-    the exported ONNX graph runs; before initialisation it passes values through."""
+    the exported ONNX graph runs; before initialisation it passes values through.
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    ``fixed_range`` (low, high): a range known in advance and never learned nor calibrated,
+    such as the image's [0, 1], whose uint8 grid 1/255 holds 8-bit pixels exactly."""
+
+    def __init__(self, dtype: torch.dtype, *, fixed_range: tuple[float, float] | None = None) -> None:
         super().__init__()
         info = torch.iinfo(dtype)
         self.qmin, self.qmax = info.min, info.max
-        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.fixed = fixed_range is not None
+        self.scale = nn.Parameter(torch.tensor(1.0), requires_grad=not self.fixed)
         self.register_buffer("zero_point", torch.tensor(0, dtype=dtype))
         self.register_buffer("initialized", torch.tensor(False))
         self._initialized: bool | None = False  # cache of the buffer (None: re-read it)
         self._observed: tuple[torch.Tensor, torch.Tensor] | None = None
         self.observing = False
+        if fixed_range is not None:
+            self.set_range(*(torch.tensor(float(v)) for v in fixed_range))
 
     def is_initialized(self) -> bool:
         if self._initialized is None:
@@ -527,7 +514,7 @@ class ActQuant(nn.Module):
 
     def finish_observing(self) -> None:
         """Set the range to everything seen while ``observing`` (post-training calibration)."""
-        if self._observed is not None:
+        if self._observed is not None and not self.fixed:
             self.set_range(*self._observed)
         self._observed = None
         self.observing = False
@@ -537,7 +524,7 @@ class ActQuant(nn.Module):
         return self.scale.abs().clamp(min=1e-8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observing:
+        if self.observing and not self.fixed:
             self._observe(x)
             return x
         if self.training:
@@ -562,7 +549,8 @@ class ActQuant(nn.Module):
         self._initialized = None
 
     def extra_repr(self) -> str:
-        return f"{self.zero_point.dtype}, scale={self.scale.item():.4g}, zero_point={int(self.zero_point)}"
+        fixed = ", fixed" if self.fixed else ""
+        return f"{self.zero_point.dtype}, scale={self.scale.item():.4g}, zero_point={int(self.zero_point)}{fixed}"
 
 
 class QuantConv2d(nn.Conv2d):
@@ -714,23 +702,26 @@ def _quantizer_state_keys(model: AetherNet) -> list[str]:
 def _link_conv_quantizers(model: AetherNet) -> None:
     """Tell every QuantConv2d which ActQuants quantize its input (for its bias grid) and its
     output (for integer-exact CPU inference)."""
+
+    def quantizer(point: nn.Module) -> ActQuant | None:  # None: a float output (tensorrt head)
+        return point if isinstance(point, ActQuant) else None
+
     links = [
         (model.head, model.input_q, model.head_q),
-        (model.skip, model.input_q, None),
-        (model.upsample, model.feat_q, None),
+        (model.skip, model.input_q, model.skip_q),
+        (model.upsample, model.feat_q, model.upsample_q),
     ]
     previous = model.head_q
     for block in model.blocks:
         links += [
-            (block.local, previous, block.local_q),  # ReLU between: zero-point 0 makes it exact
-            (block.large, block.local_q, block.large_q),
-            (block.mix, block.concat_q, block.mix_q),
+            (block.conv1, previous, block.act_q),  # ReLU between: zero-point 0 makes it exact
+            (block.conv2, block.act_q, block.conv2_q),
         ]
         previous = block.out_q
     links.append((model.body_tail, previous, model.tail_q))
     for conv, input_quant, output_quant in links:
         object.__setattr__(conv, "_input_quant", input_quant)
-        object.__setattr__(conv, "_output_quant", output_quant)
+        object.__setattr__(conv, "_output_quant", quantizer(output_quant))
 
 
 def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherNet:
@@ -739,19 +730,26 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
     The model is fused first, so that what is fake-quantized is exactly what is deployed:
     every conv's fused weights (symmetric int8 per output channel) and every tensor the INT8
     graph holds (per-tensor INT8, range initialised on the first training batch or by
-    calibrate_int8, then learned). Idempotent."""
+    calibrate_int8, then learned). The input and, for the cpu profile, the output sit on the
+    fixed image grid [0, 1] (uint8: steps of 1/255, zero-point 0). The tensorrt profile keeps
+    float outputs for the two output convs: a symmetric int8 grid over [0, 1] would have only
+    128 levels. Idempotent."""
     if model.qat:
         return model
     profile = int8_profile or model.int8_profile
     _check_int8_profile(profile)
     model.fuse()
+    dtype, device = INT8_PROFILES[profile], _device(model)
+    float_output = {"upsample_q", "skip_q", "output_q"} if profile not in INTEGER_OUTPUT_PROFILES else set()
+    image_grid = {"input_q", "output_q"}
 
     def swap(parent: nn.Module) -> None:
         for name, child in parent.named_children():
             if type(child) is nn.Conv2d:
                 setattr(parent, name, QuantConv2d.from_conv(child))
-            elif isinstance(child, QuantPoint):
-                setattr(parent, name, ActQuant(INT8_PROFILES[profile]).to(model.mean.device))
+            elif isinstance(child, QuantPoint) and not (parent is model and name in float_output):
+                fixed_range = (0.0, 1.0) if parent is model and name in image_grid else None
+                setattr(parent, name, ActQuant(dtype, fixed_range=fixed_range).to(device))
             else:
                 swap(child)
 
@@ -768,7 +766,7 @@ def float_copy(model: AetherNet) -> AetherNet:
     weights and biases without the quantizers (what the FP32 and FP16 release files hold)."""
     if not model.qat:
         return copy.deepcopy(model).fuse().eval()
-    fused = AetherNet(**model.config, fused=True).to(model.mean.device)
+    fused = AetherNet(**model.config, fused=True).to(_device(model))
     qat_state = model.state_dict()  # int8 weights are already dequantized by the load
     fused.load_state_dict({key: qat_state[key] for key in fused.state_dict()}, strict=True)
     return fused.eval()
@@ -797,7 +795,7 @@ def calibrate_int8(model: AetherNet, batches: Any) -> AetherNet:
     try:
         seen = 0
         for batch in batches:
-            model(batch.to(model.mean))
+            model(batch.to(_device(model)))
             seen += 1
     finally:
         for q in quantizers:
@@ -852,7 +850,9 @@ WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 _SAFETENSORS_METADATA_KEY = "aether"
 
-_REQUIRED_KEYS = ("mean", "head.weight", "upsample.weight", "skip.weight")
+_REQUIRED_KEYS = ("head.weight", "upsample.weight", "skip.weight")
+# Only AetherNet v1 checkpoints have these (mean subtraction, partial large kernels, 1x1 mixing).
+_V1_KEYS = ("mean", "blocks.0.mix.weight", "blocks.0.mix.branches.0.conv.weight")
 _QAT_KEY = "input_q.zero_point"  # quantizer state: only QAT (and INT8) checkpoints have it
 
 
@@ -891,6 +891,12 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             "not an AetherNet checkpoint: found no tensors; expected a state dict with "
             f"{', '.join(_REQUIRED_KEYS)} and blocks.*"
         )
+    if "skip.weight" in state_dict and any(k in state_dict for k in _V1_KEYS):
+        raise AetherCheckpointError(
+            "an AetherNet v1 checkpoint (partial large-kernel blocks with mean subtraction): this "
+            f"aether_arch.py {__version__} builds AetherNet v2, whose blocks differ, so v1 weights do "
+            "not load; retrain the model with v2"
+        )
     missing = [k for k in _REQUIRED_KEYS if k not in state_dict]
     block_ids = {int(k.split(".")[1]) for k in keys if k.startswith("blocks.") and k.split(".")[1].isdigit()}
     if missing or not block_ids:
@@ -900,7 +906,7 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             + (f" (missing {', '.join(missing)})" if missing else "")
         )
     fused = _form_key("body_tail", fused=True) in state_dict
-    large_key = _form_key("blocks.0.large", fused)
+    large_key = _form_key("blocks.0.conv2", fused)
     if large_key not in state_dict:
         raise AetherCheckpointError(
             f"incomplete AetherNet checkpoint: {large_key!r} is missing; the file may be "
@@ -927,7 +933,6 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         "dim": int(head.shape[0]),
         "num_blocks": max(block_ids) + 1,
         "large_kernel": int(large.shape[-1]),
-        "partial_channels": int(large.shape[0]),
         "fused": fused,
         "qat": qat,
         "int8_profile": profile,
@@ -1106,6 +1111,7 @@ def checkpoint_metadata(model: AetherNet, **extra: Any) -> dict[str, Any]:
     """JSON-safe description of a model, stored next to its weights."""
     return {
         "architecture": ARCH_NAME,
+        "arch_version": ARCH_VERSION,
         "version": __version__,
         "preset": preset_name(model.config),
         "config": dict(model.config),
@@ -1341,7 +1347,7 @@ def _spandrel_architecture() -> Any:
         *_REQUIRED_KEYS,
         *(
             KeyCondition.has_any(_form_key(conv, True), _form_key(conv, False))
-            for conv in ("blocks.0.large", "body_tail")
+            for conv in ("blocks.0.conv2", "body_tail")
         ),
     )
 

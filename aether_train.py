@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--qat",
         action="store_true",
         help="train the quantization-aware (INT8-simulating) form for the whole "
-        "run; usually with --pretrained FLOAT_CKPT and --lr 2e-4. Activation "
+        "run; usually with --pretrained FLOAT_CKPT and --lr 5e-5. Activation "
         "ranges are set from the first training batch, then learned",
     )
     model.add_argument(
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"pixel loss (Charbonnier: sqrt(diff^2 + {CHARBONNIER_EPS:g}^2))",
     )
     optim.add_argument(
-        "--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW); use about 2e-4 for QAT fine-tuning"
+        "--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW); use about 5e-5 for QAT fine-tuning"
     )
     optim.add_argument("--min-lr", type=float, default=DEFAULTS.min_lr, help="end of the cosine decay")
     optim.add_argument("--warmup", type=whole_number(0), default=DEFAULTS.warmup, help="linear warmup steps")

@@ -20,8 +20,9 @@ Tiling: the low-resolution image is cut into a grid of nearly equal tiles of at 
 pixels a side; each is run with at least --overlap pixels of real context on every side that
 has image there, the context is cropped off the output and the rest pasted into one
 preallocated integer output array. A model's output at a pixel depends only on input pixels
-within its receptive radius (aether_tiny: 27 px), so with --overlap at least that radius
-tiling is exact up to float rounding; for deeper models the far context's weight is tiny.
+within its receptive radius (aether_tiny and _small: 10 px, _medium 20, _large 42), so with
+--overlap at least that radius tiling is exact up to float rounding; for deeper models the far
+context's weight is tiny.
 Memory is the decoded input, the integer output and one tile's activations, whatever the
 image size.
 
@@ -80,7 +81,8 @@ PROG = "aether_upscale.py"
 # then needs ~0.35 GB in ONNX Runtime (a 576 px window for --tile 512: ~1.2 GB), and on the CPU
 # smaller tiles cost no more time per pixel despite the overlap (they fit the caches better).
 DEFAULT_TILE = 256
-# At least aether_tiny's receptive radius (27 px), so its tiled output equals the untiled one.
+# At least the receptive radius of aether_tiny, _small and _medium (10 / 10 / 20 px), so their tiled
+# output equals the untiled one (aether_large's, 42 px, is nearly equal: its far context weighs little).
 DEFAULT_OVERLAP = 32
 OUTPUT_SUFFIX = ".png"
 # The probe that checks a model's scale and channels before any image is read; not square,

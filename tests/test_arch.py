@@ -57,7 +57,7 @@ def test_preset_overrides_and_keyword_only():
     [
         ({"scale": 0}, "scale must be a positive integer"),
         ({"large_kernel": 8}, "large_kernel must be odd"),
-        ({"dim": 16, "partial_channels": 32}, "must not exceed dim"),
+        ({"num_blocks": 0}, "num_blocks must be a positive integer"),
     ],
 )
 def test_bad_hyperparameters_are_explained(kwargs, message):
@@ -106,7 +106,7 @@ def test_deploy_form_has_no_norms_or_branches_and_fuse_is_idempotent(trained_mod
     assert returned is model and model.fused
     kinds = {type(m) for m in model.modules()}
     assert not any(issubclass(k, (nn.BatchNorm2d, RepConv, nn.ModuleList)) for k in kinds), kinds
-    assert all(isinstance(m, nn.Conv2d) for n, m in model.named_modules() if n.endswith((".local", ".large", ".mix")))
+    assert all(isinstance(m, nn.Conv2d) for n, m in model.named_modules() if n.endswith((".conv1", ".conv2")))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.fuse()
     after = model.state_dict()

@@ -38,7 +38,7 @@ def test_detect_config_round_trip(name, scale, fused):
 
 
 def test_detect_config_custom_hyperparameters():
-    model = AetherNet(scale=3, dim=24, num_blocks=3, large_kernel=5, partial_channels=8)
+    model = AetherNet(scale=3, dim=24, num_blocks=3, large_kernel=7)
     assert detect_config(model.state_dict()) == {**model.config, "fused": False, "qat": False, "int8_profile": "cpu"}
 
 
@@ -179,8 +179,20 @@ def test_pickle_needing_code_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
+def test_v1_checkpoints_are_refused_with_the_reason():
+    v1 = {  # AetherNet v1's keys: mean subtraction, 1x1 mixing convs, 3x3 output convs
+        "mean": torch.zeros(1, 3, 1, 1),
+        "head.weight": torch.zeros(32, 3, 3, 3),
+        "blocks.0.mix.weight": torch.zeros(32, 32, 1, 1),
+        "upsample.weight": torch.zeros(12, 32, 3, 3),
+        "skip.weight": torch.zeros(12, 3, 3, 3),
+    }
+    with pytest.raises(AetherCheckpointError, match="an AetherNet v1 checkpoint .* retrain the model with v2"):
+        detect_config(v1)
+
+
 def test_mismatched_shapes_are_explained():
     state_dict = aether_tiny(scale=2).state_dict()
-    state_dict["blocks.1.local.branches.0.conv.weight"] = torch.zeros(32, 32, 5, 5)
+    state_dict["blocks.1.conv1.branches.0.conv.weight"] = torch.zeros(48, 48, 5, 5)
     with pytest.raises(AetherCheckpointError, match="does not match the architecture"):
         load_model(state_dict)

@@ -116,7 +116,7 @@ def test_qat_forward_equals_reference_int8_simulation(qat_model):
     x, _ = _sr_batch(n=2, size=20)
     with torch.no_grad():
         out, ref_out = qat_model.forward_unclamped(x), ref.forward_unclamped(x.double())
-    assert got.keys() == expected.keys() and len(got) == 5 * 3 + 4
+    assert got.keys() == expected.keys() and len(got) == 3 * 3 + 7
     for name in got:
         step = float(dict(qat_model.named_modules())[name].scale.detach())
         diff = (got[name] - expected[name]).abs() / step
@@ -175,16 +175,24 @@ def test_qdq_onnx_carries_the_qat_scales_and_matches_pytorch(qat_model, qat_prot
     assert np.abs(integer - expected).max() <= 2 * step
 
 
-def test_onnx_runtime_runs_integer_kernels(tmp_path, qat_model, qat_proto):
+def test_onnx_runtime_runs_integer_kernels_to_the_output(tmp_path, qat_model, qat_proto):
+    """ONNX Runtime's optimized graph: every conv an integer kernel (the output convs too), the
+    output's add integer, the pixel shuffle moving uint8, one DequantizeLinear at the end."""
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ort.InferenceSession(qat_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    graph = onnx.load(options.optimized_model_filepath).graph
+    ops = [n.op_type for n in graph.node]
     n_convs = sum(isinstance(m, QuantConv2d) for m in qat_model.modules())
-    # the two output convs (upsampler, shortcut) give float outputs by design
-    assert ops.count("QLinearConv") == n_convs - 2 and ops.count("Conv") <= 2
-    assert "QLinearAdd" in ops and "QLinearConcat" in ops
+    assert ops.count("QLinearConv") == n_convs and "Conv" not in ops
+    assert set(ops) == {"QuantizeLinear", "QLinearConv", "QLinearAdd", "DepthToSpace", "DequantizeLinear"}
+    assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 1  # the input; the output
+    producers = {output: node for node in graph.node for output in node.output}
+    (shuffle,) = [node for node in graph.node if node.op_type == "DepthToSpace"]
+    assert producers[shuffle.input[0]].op_type == "QLinearAdd"  # uint8 sub-pixels in
+    (dequantize,) = [node for node in graph.node if node.op_type == "DequantizeLinear"]
+    assert dequantize.input[0] == shuffle.output[0] and dequantize.output[0] == graph.output[0].name
 
 
 @pytest.mark.parametrize("form", ("training", "fused"))

@@ -286,14 +286,15 @@ def test_skip_flags_leave_out_and_remove_those_artifacts(tmp_path, float_release
 
 def _int8_edge_case(kind: str, float_model) -> torch.nn.Module:
     """Valid checkpoints whose INT8 has channels with zero weights: a fresh model (its upsampler
-    is all zero, its bias holds the output mean), trained weights with dead channels, scale 1."""
+    and every block's second conv are all zero), trained weights with dead channels whose
+    biases are kept, scale 1."""
     if kind == "fresh":
         return aether_tiny(scale=2, num_blocks=1)
     if kind == "scale_1":
         return aether_tiny(scale=1, num_blocks=1)
     model = copy.deepcopy(float_model).fuse()
     with torch.no_grad():
-        for conv in (model.blocks[0].local, model.blocks[0].mix, model.upsample):
+        for conv in (model.blocks[0].conv1, model.blocks[0].conv2, model.upsample):
             conv.weight[::3] = 0  # every third output channel dead, its bias kept
     return model
 

@@ -75,7 +75,7 @@ def test_loader_loads_release_files_and_the_sample(sample_release, name):
     assert descriptor.architecture.id == "AetherNet" and descriptor.purpose == "SR"
     assert (descriptor.scale, descriptor.input_channels, descriptor.output_channels) == (2, 3, 3)
     int8 = name in ("model_int8.pth", "sample")  # the sample is a QAT checkpoint
-    assert descriptor.tags == ["aether_tiny", "32nf"] + (["int8"] if int8 else [])
+    assert descriptor.tags == ["aether_tiny", "48nf"] + (["int8"] if int8 else [])
     assert descriptor.size_requirements.none and descriptor.tiling == spandrel.ModelTiling.SUPPORTED
     assert descriptor.model.fused and descriptor.model.qat == int8
     image = torch.rand(1, 3, 13, 11)
