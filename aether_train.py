@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "remaining steps",
     )
     model.add_argument(
-        "--qat-lr", type=float, help="peak learning rate of the QAT phase of --qat-after (default: --lr / 10)"
+        "--qat-lr", type=float, help="peak learning rate of the QAT phase of --qat-after (default: --lr / 40)"
     )
 
     optim = parser.add_argument_group("optimisation")

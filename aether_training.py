@@ -56,6 +56,10 @@ from aether_data import (
 TRAINING_STATE_FORMAT = "aether_train_state/1"
 TRAINING_STATE_NAME = "training_state.pth"
 CHARBONNIER_EPS = 1e-3
+# The QAT phase's default peak learning rate, relative to --lr. Measured on aether_tiny x2
+# (700 steps, QAT after 560, from the float EMA): lr / 10 ended 0.18 dB below the float EMA,
+# lr / 40 0.01 dB below; a QAT fine-tune needs small steps on the fused weights.
+QAT_LR_FACTOR = 1 / 40
 # Options that fix the network or the phase layout: a saved state only fits a run with the same.
 STRUCTURAL_OPTIONS = ("preset", "scale", "num_blocks", "qat", "qat_after")
 
@@ -82,7 +86,7 @@ class TrainingOptions:
     pretrained: str | None = None
     qat: bool = False
     qat_after: int | None = None
-    qat_lr: float | None = None  # default: lr / 10
+    qat_lr: float | None = None  # default: QAT_LR_FACTOR * lr
     loss: str = "l1"
     lr: float = 2e-3
     min_lr: float = 1e-6
@@ -118,7 +122,7 @@ class TrainingOptions:
                     f"--qat-after must be between 1 and --steps - 1 ({self.steps - 1}), got {self.qat_after}"
                 )
         if self.qat_lr is None:
-            self.qat_lr = self.lr / 10
+            self.qat_lr = self.lr * QAT_LR_FACTOR
         if self.stop_at is not None and not 0 < self.stop_at <= self.steps:
             raise InputError(f"--stop-at must be between 1 and --steps ({self.steps}), got {self.stop_at}")
         if self.out_dir is None and self.resume is None:
@@ -133,7 +137,7 @@ class TrainingOptions:
             value = getattr(self, option.name)
             if value == option.default or value is None or value is False:
                 continue
-            if option.name == "qat_lr" and value == self.lr / 10:  # check()'s default
+            if option.name == "qat_lr" and value == self.lr * QAT_LR_FACTOR:  # check()'s default
                 continue
             flag = "--" + option.name.replace("_", "-")
             flags += [flag] if value is True else [flag, *map(str, value if isinstance(value, list) else [value])]
@@ -696,7 +700,10 @@ class Trainer:
 
     def switch_to_qat(self) -> None:
         """--qat-after: the same run continues in QAT form (model and EMA) with a new optimizer
-        and schedule over the parameters the fused, quantized model has now."""
+        and schedule over the parameters the fused, quantized model has now. The QAT model
+        starts from the EMA weights, the better float model (on the v2 sample, QAT from the
+        EMA kept INT8 within 0.08 dB of FP32; from the raw weights it lost 0.24 dB)."""
+        self.model.load_state_dict(self.ema.module.state_dict())
         self.policy.to_qat(self.model)
         self.ema.switch_to_qat()
         phase = current_phase(self.options, qat=True)
