@@ -304,7 +304,7 @@ class AetherNet(nn.Module):
         feat = self.feat_q(feat + tail)
         out = self.output_q(self.upsample_q(self.upsample(feat)) + self.skip_q(self.skip(x)))
         # The sub-pixels are re-quantized on their own grid (exact): in the INT8 graph the
-        # pixel shuffle then moves 8-bit values, not floats.
+        # pixel shuffle then moves 8-bit values, not floats (see _uint8_pixel_shuffle).
         return self.output_q(self.shuffle(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1228,6 +1228,82 @@ def _fold_weight_quantization(graph: Any) -> None:
         graph.initializer.remove(init)
 
 
+def _uint8_pixel_shuffle(graph: Any) -> None:
+    """Run an INT8 graph's pixel shuffle as uint8 transposes that each move one axis.
+
+    ``Q -> DQ -> DepthToSpace -> Q -> DQ`` with both Q on the same grid (the integer output
+    head) becomes ``Q -> Transpose -> Reshape -> Transpose -> Reshape -> Transpose -> Reshape
+    -> DQ``: exact, since the values already lie on that grid. ONNX Runtime's uint8
+    DepthToSpace took 2.3 ms for a 256x256 x4 frame; its single-axis transposes take ~1.0 ms,
+    and the first (NCHW -> NHWC) cancels the transpose its NHWC integer convs end with. The
+    reshapes use constant 0/-1 shapes, so static shape inference still gives the output size
+    (chaiNNer reads the scale that way). Float graphs keep DepthToSpace, which converters (NCNN
+    has no 5-D tensors) and other runtimes map to a pixel shuffle."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: numpy_helper.to_array(init).tobytes() for init in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(name: str, op_type: str) -> Any:
+        nodes = consumers.get(name, [])
+        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
+
+    def grid(node: Any) -> tuple[bytes, ...] | None:
+        names = node.input[1:3]
+        return (
+            tuple(initializers[n] for n in names) if len(names) == 2 and all(n in initializers for n in names) else None
+        )
+
+    channels = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    for shuffle in [n for n in graph.node if n.op_type == "DepthToSpace"]:
+        attrs = {a.name: helper.get_attribute_value(a) for a in shuffle.attribute}
+        dequantize = producer.get(shuffle.input[0])
+        requantize = only_consumer(shuffle.output[0], "QuantizeLinear")
+        if (
+            attrs.get("mode") != b"CRD"
+            or not channels
+            or dequantize is None
+            or dequantize.op_type != "DequantizeLinear"
+            or only_consumer(dequantize.output[0], "DepthToSpace") is None
+            or requantize is None
+            or grid(dequantize) is None
+            or grid(dequantize) != grid(requantize)
+        ):
+            continue
+        r = int(attrs["blocksize"])
+        name = shuffle.name or "pixel_shuffle"
+        shapes = {  # 0 copies the input's dim, -1 is inferred: batch, height, width stay dynamic
+            f"{name}_split_subpixels": [0, 0, 0, channels, r * r],
+            f"{name}_merge_rows": [0, 0, 0, -1, r],
+            f"{name}_merge_columns": [0, 0, 0, -1],
+        }
+        graph.initializer.extend(numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in shapes.items())
+        # [n, c*r*r, h, w] -> [n, h, w, c, r*r] -> [n, w, c, h, r*r] -> [n, w, c, h*r, r]
+        # -> [n, c, h*r, w, r] -> [n, c, h*r, w*r]
+        steps = [
+            ("Transpose", [], {"perm": [0, 2, 3, 1]}),
+            ("Reshape", [f"{name}_split_subpixels"], {}),
+            ("Transpose", [], {"perm": [0, 2, 3, 1, 4]}),
+            ("Reshape", [f"{name}_merge_rows"], {}),
+            ("Transpose", [], {"perm": [0, 2, 3, 1, 4]}),
+            ("Reshape", [f"{name}_merge_columns"], {}),
+        ]
+        index = list(graph.node).index(dequantize)
+        previous = dequantize.input[0]
+        for i, (op, shape, attributes) in enumerate(steps):
+            output = requantize.output[0] if i == len(steps) - 1 else f"{name}_uint8_{i}"
+            node = helper.make_node(op, [previous, *shape], [output], name=f"{name}_uint8_{i}", **attributes)
+            graph.node.insert(index + i, node)
+            previous = output
+        for node in (dequantize, shuffle, requantize):
+            graph.node.remove(node)
+
+
 def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 16) -> Any:
     """The ONNX ModelProto of ``model`` (any form; export a fused one for deployment):
     input ``input`` [batch, C, height, width] -> output ``output`` [batch, C, height*s,
@@ -1270,6 +1346,7 @@ def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 1
         proto = onnx.version_converter.convert_version(proto, opset)
     _materialize_shared_initializers(proto.graph)
     _fold_weight_quantization(proto.graph)
+    _uint8_pixel_shuffle(proto.graph)
     onnx.checker.check_model(proto)
     return proto
 
