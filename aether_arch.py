@@ -848,6 +848,8 @@ class AetherCheckpointError(ValueError):
 # preference: the EMA weights are the ones meant for inference.
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+_LEGACY_MAX_BYTES = 1 << 20  # a legacy-format pickle is only read when this small
+_METADATA_MAX_CHARS, _METADATA_MAX_DEPTH = 1 << 20, 8  # ours is ~1 KB, 3 levels deep
 _SAFETENSORS_METADATA_KEY = "aether"
 
 _REQUIRED_KEYS = ("head.weight", "upsample.weight", "skip.weight")
@@ -860,6 +862,10 @@ def _form_key(conv: str, fused: bool) -> str:
     """The key of a re-parameterizable conv's full kernel: the conv's own weight once fused, its
     first (largest) branch's in the training form. Which of the two a state dict has tells its form."""
     return f"{conv}.weight" if fused else f"{conv}.branches.0.conv.weight"
+
+
+def _describe_ids(ids: list[int]) -> str:
+    return ", ".join(map(str, ids[:6])) + (f", ... {ids[-1]}" if len(ids) > 6 else "")
 
 
 def _describe_keys(keys: list[str], limit: int = 4) -> str:
@@ -877,6 +883,50 @@ def _scale_and_out_channels(sub_pixel_channels: int, in_channels: int) -> tuple[
         f"upsample.weight has {sub_pixel_channels} output channels, which is not "
         "out_channels * scale**2 for any usual channel count"
     )
+
+
+# What a checkpoint may declare before anything is built: far above every preset, far below
+# what a small crafted file could otherwise make us allocate (build_from_state_dict also
+# checks that the file holds every number the declared network needs).
+CHECKPOINT_LIMITS = {"in_channels": 16, "dim": 1024, "num_blocks": 256, "large_kernel": 31, "scale": 16}
+
+
+def _check_dense(key: str, tensor: torch.Tensor) -> None:
+    """A tensor must own every element its shape declares: a stride-0 or overlapping layout
+    lets a few bytes of a file declare a tensor of any size."""
+    if tensor.layout != torch.strided or tensor.is_meta:
+        raise AetherCheckpointError(
+            f"{key!r} is a {tensor.layout} tensor; expected a dense one (damaged or crafted file)"
+        )
+    extent = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(tensor.stride(), tensor.shape, strict=True) if sz > 1):
+        if stride < extent:
+            raise AetherCheckpointError(
+                f"{key!r} declares shape {tuple(tensor.shape)} over overlapping storage (strides "
+                f"{tensor.stride()}): not a real weight tensor; the file is damaged or crafted"
+            )
+        extent = stride * size
+
+
+def _weight(state_dict: Mapping[str, Any], key: str, *, square: bool = True) -> torch.Tensor:
+    """A conv weight of the state dict: 4-D [out, in, k, k] with no dimension of size 0."""
+    tensor = state_dict[key]
+    shape = tuple(tensor.shape)
+    if tensor.ndim != 4 or 0 in shape or (square and shape[2] != shape[3]):
+        raise AetherCheckpointError(
+            f"{key!r} has shape {shape}; an AetherNet conv weight is [out, in, k, k] with no empty "
+            "dimension (damaged or crafted file)"
+        )
+    return tensor
+
+
+def _check_limit(name: str, value: int, source: str) -> int:
+    if not 1 <= value <= CHECKPOINT_LIMITS[name]:
+        raise AetherCheckpointError(
+            f"{source} gives {name} = {value}; AetherNet checkpoints have 1 <= {name} <= "
+            f"{CHECKPOINT_LIMITS[name]} (damaged or crafted file?)"
+        )
+    return value
 
 
 def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -897,8 +947,11 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             f"aether_arch.py {__version__} builds AetherNet v2, whose blocks differ, so v1 weights do "
             "not load; retrain the model with v2"
         )
+    for key in keys:
+        _check_dense(key, state_dict[key])
     missing = [k for k in _REQUIRED_KEYS if k not in state_dict]
-    block_ids = {int(k.split(".")[1]) for k in keys if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    block_ids = {k.split(".")[1] for k in keys if k.startswith("blocks.")}
+    block_ids = {int(i) for i in block_ids if i.isascii() and i.isdigit()}
     if missing or not block_ids:
         raise AetherCheckpointError(
             f"not an AetherNet checkpoint: found {_describe_keys(sorted(keys))}; expected "
@@ -912,10 +965,31 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             f"incomplete AetherNet checkpoint: {large_key!r} is missing; the file may be "
             "damaged or from an incompatible version"
         )
-    head = state_dict["head.weight"]
-    large = state_dict[large_key]
-    in_channels = int(head.shape[1])
-    scale, out_channels = _scale_and_out_channels(int(state_dict["upsample.weight"].shape[0]), in_channels)
+    num_blocks = _check_limit("num_blocks", len(block_ids), "its blocks.* keys")
+    if block_ids != set(range(num_blocks)):
+        gap = next(i for i in range(num_blocks) if i not in block_ids)
+        raise AetherCheckpointError(
+            f"the checkpoint's blocks are numbered {_describe_ids(sorted(block_ids))}: block "
+            f"{gap} is missing; AetherNet blocks are numbered 0..n-1 (damaged or crafted file?)"
+        )
+    head = _weight(state_dict, "head.weight")
+    large = _weight(state_dict, large_key)
+    upsample = _weight(state_dict, "upsample.weight")
+    dim = _check_limit("dim", int(head.shape[0]), "head.weight")
+    in_channels = _check_limit("in_channels", int(head.shape[1]), "head.weight")
+    large_kernel = _check_limit("large_kernel", int(large.shape[-1]), large_key)
+    if large_kernel % 2 == 0 or large_kernel < 3 or head.shape[2] != 3:
+        raise AetherCheckpointError(
+            f"{large_key!r} has a {large_kernel}x{large_kernel} kernel and head.weight a "
+            f"{head.shape[2]}x{head.shape[3]} one; AetherNet's are odd (>= 3) and 3x3 (damaged or crafted file?)"
+        )
+    if tuple(upsample.shape[1:]) != (dim, 1, 1) or tuple(large.shape[:2]) != (dim, dim):
+        raise AetherCheckpointError(
+            f"upsample.weight {tuple(upsample.shape)} and {large_key!r} {tuple(large.shape)} do not "
+            f"fit head.weight's {dim} channels (damaged or crafted file?)"
+        )
+    scale, out_channels = _scale_and_out_channels(int(upsample.shape[0]), in_channels)
+    _check_limit("scale", scale, "upsample.weight")
     qat = _QAT_KEY in state_dict
     profile = "cpu"
     if qat:
@@ -930,9 +1004,9 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         "scale": scale,
         "in_channels": in_channels,
         "out_channels": out_channels,
-        "dim": int(head.shape[0]),
-        "num_blocks": max(block_ids) + 1,
-        "large_kernel": int(large.shape[-1]),
+        "dim": dim,
+        "num_blocks": num_blocks,
+        "large_kernel": large_kernel,
         "fused": fused,
         "qat": qat,
         "int8_profile": profile,
@@ -959,6 +1033,7 @@ def _read_checkpoint_file(path: str) -> tuple[Any, dict[str, Any]]:
         )
     if suffix == ".safetensors":
         return _read_safetensors(path)
+    check_archive_size(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -975,8 +1050,36 @@ def _read_checkpoint_file(path: str) -> tuple[Any, dict[str, Any]]:
         ) from None
     metadata = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), str):
-        metadata = _parse_metadata(obj["metadata"])
+        metadata = parse_json_object(obj["metadata"])
     return obj, metadata
+
+
+def check_archive_size(path: str) -> None:
+    """Refuse a .pth whose content is far larger than the file, before torch inflates it:
+    torch.save stores tensors uncompressed, so a legitimate checkpoint's zip entries add up to
+    about its own size, while a crafted one of 0.5 MB can declare gigabytes. A file in the
+    legacy (pre-zip) format declares its tensor sizes inside a pickle that torch allocates
+    before reading, so it is refused unless small."""
+    import zipfile
+
+    size = os.path.getsize(path)
+    if not zipfile.is_zipfile(path):
+        if size > _LEGACY_MAX_BYTES:
+            raise AetherCheckpointError(
+                f"{path!r} is not a zip-format PyTorch checkpoint (torch >= 1.6 writes those); re-save it "
+                "with torch.save(state_dict, path) from a current PyTorch"
+            )
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise AetherCheckpointError(f"{path!r} is a damaged zip archive: {error_summary(exc)}") from None
+    if declared > 2 * size + (1 << 20):
+        raise AetherCheckpointError(
+            f"{path!r} declares {declared / 2**20:,.0f} MiB of content in a {size / 2**20:,.1f} MiB file: "
+            "torch.save never compresses, so this is not a checkpoint it wrote (a zip bomb?); refused"
+        )
 
 
 def error_summary(exc: BaseException) -> str:
@@ -1021,15 +1124,36 @@ def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
         raise AetherCheckpointError(
             f"{path!r} is not a readable safetensors file (corrupt or truncated?): {error_summary(exc)}"
         ) from None
-    return tensors, _parse_metadata(raw) if raw else {}
+    return tensors, parse_json_object(raw) if raw else {}
 
 
-def _parse_metadata(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError:
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [
+            v
+            for item in level
+            if isinstance(item, (dict, list))
+            for v in (item.values() if isinstance(item, dict) else item)
+        ]
+    return depth
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """A checkpoint's JSON metadata, or {} when it is not plain JSON (NaN, Infinity, nesting
+    deeper than any metadata we write, or not an object): it is only ever informative."""
+    if not isinstance(text, str) or len(text) > _METADATA_MAX_CHARS:
         return {}
-    return value if isinstance(value, dict) else {}
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) and _json_depth(value) <= _METADATA_MAX_DEPTH else {}
 
 
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
@@ -1086,6 +1210,24 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
     """The AetherNet whose weights are ``state_dict`` (eval mode, float32); ``fused``: in the
     deploy form even if the checkpoint is in the training form."""
     config = detect_config(state_dict)
+    with torch.device("meta"):  # no memory: how many numbers the declared network needs
+        needed = sum(p.numel() for p in AetherNet(**{**config, "qat": False}).parameters())
+    held = sum(v.numel() for v in state_dict.values() if isinstance(v, torch.Tensor))
+    if needed > held:
+        raise AetherCheckpointError(
+            f"the checkpoint declares an AetherNet ({preset_name(config)}, x{config['scale']}) with "
+            f"{needed:,} weights but holds only {held:,} numbers (damaged or crafted file?)"
+        )
+    non_finite = [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if non_finite:
+        raise AetherCheckpointError(
+            f"the checkpoint has NaN or infinite weights in {_describe_keys(non_finite)}: the training "
+            "run that wrote it diverged; use an earlier checkpoint"
+        )
     model = AetherNet(**{**config, "fused": config["fused"] or fused})
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -1144,7 +1286,8 @@ def save_checkpoint(
 
             save_file(dict(state_dict), tmp, metadata={_SAFETENSORS_METADATA_KEY: meta})
         else:
-            torch.save({param_key: state_dict, "metadata": meta}, tmp)
+            with open(tmp, "wb") as file:  # a failing disk raises OSError with its errno
+                torch.save({param_key: state_dict, "metadata": meta}, file)
 
 
 # ---------------------------------------------------------------------------------------

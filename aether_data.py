@@ -8,6 +8,7 @@ Images are float32 RGB arrays in [0, 1], shape (H, W, 3); tensors are float32 NC
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,13 @@ import torch.nn.functional as F
 from aether_arch import atomic_write
 from aether_cli import InputError
 
+# Decoded images are bounded before they are decoded: OpenCV refuses an image that declares
+# more pixels than this (its default, 2**30, lets a small PNG claim 6 GB of 16-bit RGB). OpenCV
+# reads the setting at its first decode, so setting it here, at import, is in time; a user's
+# own setting wins.
+MAX_IMAGE_PIXELS = 1 << 27  # 134 Mpx: 16384 x 8192
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+MAX_IMAGE_BYTES = 1 << 30
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -50,17 +58,39 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def read_raw_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as stored: uint8 or uint16, (H, W) greyscale or (H, W, 3) BGR or
-    (H, W, 4) BGRA (OpenCV's channel order), without any conversion."""
-    data = np.fromfile(os.fspath(path), dtype=np.uint8)  # also works for non-ASCII paths
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    (H, W, 4) BGRA (OpenCV's channel order), without any conversion except a JPEG's EXIF
+    orientation (a portrait phone photo stays upright). ImageReadError (one line) for anything
+    that is not a readable image: not a regular file (a FIFO would block), too large, corrupt,
+    or declaring more than MAX_IMAGE_PIXELS pixels (a decompression bomb)."""
+    path = os.fspath(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read {path!r} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(f"{path!r} is not a regular file (a pipe, device or folder?)")
+    if info.st_size > MAX_IMAGE_BYTES:
+        raise ImageReadError(
+            f"{path!r} is {info.st_size / 2**30:.1f} GiB; images up to {MAX_IMAGE_BYTES >> 30} GiB are read"
+        )
+    data = np.fromfile(path, dtype=np.uint8)  # also works for non-ASCII paths
+    # IMREAD_UNCHANGED keeps alpha but ignores EXIF orientation; JPEG has no alpha, and the
+    # flags that keep its depth and grey apply the orientation.
+    oriented = Path(path).suffix.lower() in (".jpg", ".jpeg")
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if oriented else cv2.IMREAD_UNCHANGED
+    try:
+        image = cv2.imdecode(data, flags) if data.size else None
+    except cv2.error as exc:  # e.g. more pixels than OPENCV_IO_MAX_IMAGE_PIXELS
+        detail = next((line for line in str(exc).splitlines() if "error:" in line), str(exc)).split("error:")[-1]
+        raise ImageReadError(f"cannot decode image {path!r}: {' '.join(detail.split())[:160]}") from None
     if image is None:
-        raise ImageReadError(f"cannot decode image {os.fspath(path)!r} (corrupt or not an image)")
+        raise ImageReadError(f"cannot decode image {path!r} (corrupt or not an image)")
     if image.dtype not in (np.uint8, np.uint16):
-        raise ImageReadError(f"unsupported pixel type {image.dtype} in {os.fspath(path)!r}")
+        raise ImageReadError(f"unsupported pixel type {image.dtype} in {path!r}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 3 and image.shape[2] not in (3, 4):
-        raise ImageReadError(f"unsupported channel count {image.shape[2]} in {os.fspath(path)!r}")
+        raise ImageReadError(f"unsupported channel count {image.shape[2]} in {path!r}")
     return image
 
 

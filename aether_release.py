@@ -38,8 +38,9 @@ under its final name is removed, so the folder never mixes a stale artifact with
 Artifacts that --skip-fp16 / --skip-int8 leave out are removed from the folder for the same
 reason. The reports are written in every case and say what failed.
 
-Exit codes: 0 every artifact passed; 1 an artifact failed validation (named on stderr);
-2 bad input (one line on stderr, nothing written).
+Exit codes: 0 every artifact passed; 1 an artifact failed validation (named on stderr) or a
+write failed (disk full: one line); 2 bad input (one line on stderr, nothing written); 130
+Ctrl-C, 143 SIGTERM (one line; the staging folder is removed).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -95,6 +97,7 @@ from aether_cli import (
     note,
     prepare_output_dir,
     run_cli,
+    thread_count,
     warn,
     whole_number,
 )
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=whole_number(1),
+        type=thread_count(allow_default=False),
         default=2,
         metavar="N",
         help="CPU threads for PyTorch and ONNX Runtime (default: %(default)s)",
@@ -320,10 +323,50 @@ def load_images(
     return images
 
 
+def release_file_names() -> list[str]:
+    """Every name a release writes, replaces or removes in its output folder."""
+    artifacts = [f"model_{p}.{f}" for p in PRECISIONS for f in FORMATS]
+    return [*artifacts, *(name + FAILED_SUFFIX for name in artifacts), REPORT_JSON, REPORT_MD, COMPARISON_PNG]
+
+
+def check_model_outside_release(model_path: str, output_dir: Path) -> None:
+    """The release replaces and removes files of an earlier release in --output-dir: never the
+    checkpoint it is releasing (under any name: a link is followed)."""
+    for name in release_file_names():
+        candidate = output_dir / name
+        with contextlib.suppress(OSError):
+            if candidate.exists() and os.path.samefile(candidate, model_path):
+                raise InputError(
+                    f"--model-path {model_path!r} is {name} in --output-dir, a file this release replaces; "
+                    "copy the checkpoint elsewhere or choose another --output-dir"
+                )
+
+
+def _process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # someone else's process, or not a pid at all
+    return True
+
+
+def remove_stale_staging_dirs(output_dir: Path) -> None:
+    """Staging folders of releases that died without cleaning up (SIGKILL, power loss): named
+    ``.aether-release-PID-*``, left by a process that is no longer running."""
+    for path in output_dir.glob(STAGING_PREFIX + "*"):
+        pid = path.name[len(STAGING_PREFIX) :].split("-")[0]
+        if path.is_dir() and not path.is_symlink() and not (pid.isdigit() and _process_is_running(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+            note(f"removed {path.name}, the staging folder of an earlier release that did not finish")
+
+
 def make_staging_dir(output_dir: Path) -> tempfile.TemporaryDirectory:
     try:  # prepare_output_dir checked this already; permissions can still say no (ACLs, races)
         output_dir.mkdir(parents=True, exist_ok=True)
-        return tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir)
+        remove_stale_staging_dirs(output_dir)
+        return tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=output_dir)
     except OSError as exc:
         raise InputError(f"--output-dir {str(output_dir)!r} is not writable ({exc.strerror or exc})") from None
 
@@ -750,6 +793,7 @@ class Inputs:
 def check_inputs(args: argparse.Namespace, timings: Timings, warnings_seen: list[str]) -> Inputs:
     device = resolve_device(args.device)
     output_dir = prepare_output_dir(args.output_dir)
+    check_model_outside_release(args.model_path, output_dir)
     image_folders = {"--validation-dir": args.validation_dir, "--calibration-dir": args.calibration_dir}
     for option, folder in image_folders.items():
         if folder is not None and Path(folder).resolve() == output_dir.resolve():

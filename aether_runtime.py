@@ -168,7 +168,10 @@ def ort_session(model: str | Path | bytes, *, provider: str = CPU_PROVIDER, thre
     """An ONNX Runtime session for a model file or serialized model; ``threads`` 0: one per core."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # errors only; callers report what matters
+    # Nothing from ONNX Runtime's own log (its errors come with colour codes): the exceptions
+    # it raises carry the same message, and callers report them in one line.
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
     # Idle intra-op threads would otherwise busy-wait after each run and steal the cores from
     # whatever runs next (another session timed in alternation, the next tile's PyTorch work).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

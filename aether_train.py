@@ -25,11 +25,12 @@ import torch
 import torch.distributed as dist
 
 import aether_arch
-from aether_cli import InputError, OneLineErrorParser, run_cli, whole_number
+from aether_cli import SEED, InputError, OneLineErrorParser, one_line, real_number, run_cli, thread_count, whole_number
 from aether_training import (
     CHARBONNIER_EPS,
     AetherNetPolicy,
     Trainer,
+    TrainingDiverged,
     TrainingOptions,
     seed_everything,
     start_processes,
@@ -86,8 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--preset", default="aether_small", choices=sorted(aether_arch.PRESET_FACTORIES), help="network size"
     )
-    model.add_argument("--scale", type=int, default=DEFAULTS.scale, help="upscaling factor")
-    model.add_argument("--num-blocks", type=int, help="override the preset's number of blocks (default: the preset's)")
+    model.add_argument(
+        "--scale",
+        type=whole_number(1, aether_arch.CHECKPOINT_LIMITS["scale"]),
+        default=DEFAULTS.scale,
+        help="upscaling factor",
+    )
+    model.add_argument(
+        "--num-blocks",
+        type=whole_number(1, aether_arch.CHECKPOINT_LIMITS["num_blocks"]),
+        help="override the preset's number of blocks (default: the preset's)",
+    )
     model.add_argument(
         "--pretrained",
         metavar="CKPT",
@@ -102,14 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--qat-after",
-        type=int,
+        type=whole_number(1),
         metavar="N",
         help="train float for N steps, then switch this run to QAT (model and "
         "EMA) with a fresh AdamW and cosine schedule from --qat-lr for the "
         "remaining steps",
     )
     model.add_argument(
-        "--qat-lr", type=float, help="peak learning rate of the QAT phase of --qat-after (default: --lr / 40)"
+        "--qat-lr",
+        type=real_number(0, above=True),
+        help="peak learning rate of the QAT phase of --qat-after (default: --lr / 40)",
     )
 
     optim = parser.add_argument_group("optimisation")
@@ -121,29 +133,35 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"pixel loss (Charbonnier: sqrt(diff^2 + {CHARBONNIER_EPS:g}^2))",
     )
     optim.add_argument(
-        "--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW); use about 5e-5 for QAT fine-tuning"
+        "--lr",
+        type=real_number(0, above=True),
+        default=DEFAULTS.lr,
+        help="peak learning rate (AdamW); use about 5e-5 for QAT fine-tuning",
     )
-    optim.add_argument("--min-lr", type=float, default=DEFAULTS.min_lr, help="end of the cosine decay")
+    optim.add_argument("--min-lr", type=real_number(0), default=DEFAULTS.min_lr, help="end of the cosine decay")
     optim.add_argument("--warmup", type=whole_number(0), default=DEFAULTS.warmup, help="linear warmup steps")
     optim.add_argument(
         "--weight-decay",
-        type=float,
+        type=real_number(0),
         default=DEFAULTS.weight_decay,
         help="AdamW decoupled weight decay (applies to every parameter)",
     )
     optim.add_argument(
-        "--grad-clip", type=float, default=DEFAULTS.grad_clip, help="clip the gradient norm to this value (0: off)"
+        "--grad-clip",
+        type=real_number(0),
+        default=DEFAULTS.grad_clip,
+        help="clip the gradient norm to this value (0: off)",
     )
     optim.add_argument(
         "--ema-decay",
-        type=float,
+        type=real_number(0, below=1),
         default=DEFAULTS.ema_decay,
         help="EMA decay, ramped up as min(decay, (1+step)/(10+step)) so short "
         "runs are not dominated by the initial weights",
     )
     optim.add_argument(
         "--freeze-norm-frac",
-        type=float,
+        type=real_number(0),
         default=DEFAULTS.freeze_norm_frac,
         help="for this last fraction of FLOAT training, BatchNorm layers use their "
         "running statistics (eval mode). Why: in train mode BN normalises "
@@ -162,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--stop-at",
-        type=int,
+        type=whole_number(1),
         metavar="STEP",
         help="end this invocation after STEP steps (saving everything) without "
         "changing the schedule; continue later with --resume",
@@ -182,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-every", type=whole_number(1), default=DEFAULTS.log_every, help="log the mean loss every N steps"
     )
-    run.add_argument("--seed", type=int, default=DEFAULTS.seed, help="weights init; patch sampling uses seed + rank")
+    run.add_argument("--seed", type=SEED, default=DEFAULTS.seed, help="weights init; patch sampling uses seed + rank")
     run.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS.device, help="auto: cuda if available"
     )
@@ -191,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mixed precision on CUDA (bf16 if supported, else fp16 with loss scaling); ignored on CPU",
     )
-    run.add_argument("--threads", type=whole_number(1), help="torch.set_num_threads (CPU threads)")
+    run.add_argument("--threads", type=thread_count(allow_default=False), help="torch.set_num_threads (CPU threads)")
     return parser
 
 
@@ -233,6 +251,11 @@ def train(options: TrainingOptions, argv: Sequence[str]) -> int:
         trainer = Trainer(model, options, processes, command=shlex.join([PROG, *argv]), policy=AETHERNET)
         trainer.run()
         return 0
+    except TrainingDiverged as exc:
+        if trainer is not None:
+            trainer.log(f"stopped: {exc}")
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
     finally:
         if trainer is not None:
             trainer.close()

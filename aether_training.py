@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import aether_arch
-from aether_cli import InputError
+from aether_cli import InputError, one_line, prepare_output_dir
 from aether_data import (
     ImageReadError,
     bicubic_downscale,
@@ -67,6 +67,11 @@ STRUCTURAL_OPTIONS = ("preset", "scale", "num_blocks", "qat", "qat_after")
 # ---------------------------------------------------------------------------------------
 # Options
 # ---------------------------------------------------------------------------------------
+
+
+class TrainingDiverged(Exception):
+    """The loss or the weights stopped being finite numbers: the run ends (exit code 1) with the
+    last finite checkpoint left in place."""
 
 
 @dataclass
@@ -193,19 +198,24 @@ def start_processes(device_option: str) -> Processes:
 # ---------------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> tuple[np.ndarray, list[str]]:
+def _read(path: Path, notes: list[str]) -> tuple[np.ndarray | None, list[str]]:
+    """An image and its conversions, or (None, []) with a note when it cannot be read: one bad
+    file (corrupt, a decompression bomb) must not end a long run or stop it from starting."""
     try:
         return read_image(path)
     except (ImageReadError, OSError) as exc:
-        raise InputError(str(exc)) from None
+        notes.append(f"skipped {exc}")
+        return None, []
 
 
 def load_training_images(folders: Sequence[str], hr_patch: int, notes: list[str]) -> list[torch.Tensor]:
-    """Every training image big enough for one HR crop, as a (3, H, W) float32 tensor."""
+    """Every readable training image big enough for one HR crop, as a (3, H, W) float32 tensor."""
     images, too_small, largest = [], [], (0, 0)
     for folder in folders:
         for path in image_files(folder, "--train-dir"):
-            image, conversions = _read(path)
+            image, conversions = _read(path, notes)
+            if image is None:
+                continue
             if conversions:
                 notes.append(f"{path}: {', '.join(conversions)}")
             height, width = image.shape[:2]
@@ -214,6 +224,8 @@ def load_training_images(folders: Sequence[str], hr_patch: int, notes: list[str]
                 too_small.append(path.name)
                 continue
             images.append(to_tensor(image)[0])
+    if not images and not too_small:
+        raise InputError(f"--train-dir: no readable images ({'; '.join(notes)})")
     if not images:
         raise InputError(
             f"all {len(too_small)} training images are smaller than the {hr_patch}x{hr_patch} HR "
@@ -233,13 +245,18 @@ class ValidationImage:
     bicubic_psnr: float  # the baseline does not change during training: computed once
 
 
-def load_validation_images(folder: str, scale: int, device: torch.device) -> list[ValidationImage]:
+def load_validation_images(folder: str, scale: int, device: torch.device, notes: list[str]) -> list[ValidationImage]:
     images = []
     for path in image_files(folder, "--val-dir"):
-        hr, lr, bicubic = evaluation_pair(_read(path)[0], scale)
+        image, _ = _read(path, notes)
+        if image is None:
+            continue
+        hr, lr, bicubic = evaluation_pair(image, scale)
         if min(hr.shape[:2]) <= 2 * scale:  # PSNR ignores a border of `scale` pixels
             raise InputError(f"validation image {str(path)!r} is too small for x{scale} ({hr.shape[1]}x{hr.shape[0]})")
         images.append(ValidationImage(path.name, hr, lr.to(device), bicubic))
+    if not images:
+        raise InputError(f"--val-dir {folder!r}: no readable images ({'; '.join(notes)})")
     return images
 
 
@@ -473,8 +490,8 @@ def validate(model: nn.Module, images: list[ValidationImage], scale: int) -> dic
 
 def save_atomically(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves half a file."""
-    with aether_arch.atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+    with aether_arch.atomic_write(path) as tmp, open(tmp, "wb") as file:
+        torch.save(obj, file)  # through a Python file: a failing disk raises OSError with its errno
 
 
 def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -494,7 +511,12 @@ def rng_states(sampler_states: list[torch.Tensor]) -> dict[str, Any]:
 
 
 def restore_rng_states(
-    states: dict[str, Any], sampler: PatchSampler, processes: Processes, seed: int, step: int, log: "RunLog"
+    states: dict[str, Any],
+    sampler: PatchSampler,
+    processes: Processes,
+    seed: int,
+    step: int,
+    log: Callable[[str], None],
 ) -> None:
     torch.set_rng_state(states["torch_cpu"])
     if states["torch_cuda"] and torch.cuda.is_available():
@@ -530,7 +552,10 @@ def read_training_state(location: str) -> tuple[dict[str, Any], Path]:
     if not path.is_file():
         raise InputError(f"--resume: {str(path)!r} not found")
     try:
+        aether_arch.check_archive_size(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except aether_arch.AetherCheckpointError as exc:
+        raise InputError(f"--resume: {exc}") from None
     except Exception as exc:  # torch raises many types for bad files; all mean the same
         first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise InputError(
@@ -538,6 +563,13 @@ def read_training_state(location: str) -> tuple[dict[str, Any], Path]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
         raise InputError(f"--resume: {str(path)!r} is not an aether_train.py training state")
+    fields = {"step": int, "qat": bool, "config": str, "model": dict, "ema": dict, "rng": dict}
+    wrong = [name for name, kind in fields.items() if not isinstance(state.get(name), kind)]
+    config = aether_arch.parse_json_object(state["config"]) if not wrong else {}
+    if wrong or not config or not 0 <= state["step"] < 2**62:
+        raise InputError(
+            f"--resume: {str(path)!r} is a damaged training state ({', '.join(wrong) or 'config'} unreadable)"
+        )
     return state, path
 
 
@@ -582,6 +614,7 @@ class RunLog:
     def __call__(self, message: str) -> None:
         if self.file is None:
             return
+        message = one_line(message)
         tqdm.write(message)
         self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}\n")
         self.file.flush()
@@ -635,13 +668,11 @@ class Trainer:
         self.sampler = PatchSampler(
             load_training_images(options.train_dir, self.hr_patch, notes), self.hr_patch, options.seed + processes.rank
         )
-        self.val_images = load_validation_images(options.val_dir, options.scale, self.device) if options.val_dir else []
+        self.val_images = (
+            load_validation_images(options.val_dir, options.scale, self.device, notes) if options.val_dir else []
+        )
 
-        self.out_dir = Path(options.out_dir) if options.out_dir else state_path.parent
-        if processes.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log = RunLog(self.out_dir / "train.log" if processes.is_main else None)
-        self._log_config(notes)
+        self.out_dir = prepare_output_dir(options.out_dir, "--out-dir") if options.out_dir else state_path.parent
 
         self.model.to(self.device)
         self.ema = ModelEMA(self.model, options.ema_decay, policy)
@@ -655,15 +686,29 @@ class Trainer:
         self.optimizer, self.scheduler = make_optimizer(
             self.model, current_phase(options, policy.is_qat(self.model)), options
         )
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.ema.module.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
-            self.step = state["step"]
-            restore_rng_states(state["rng"], self.sampler, processes, options.seed, self.step, self.log)
-            self.log(f"resumed from {state_path} at step {self.step}")
+        if state is not None:  # before the log is opened: a damaged state leaves the folder as it was
+            try:
+                self.model.load_state_dict(state["model"])
+                self.ema.module.load_state_dict(state["ema"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.grad_scaler.load_state_dict(state["grad_scaler"])
+                self.step = state["step"]
+                restore_rng_states(state["rng"], self.sampler, processes, options.seed, self.step, notes.append)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+                raise InputError(
+                    f"--resume: {str(state_path)!r} does not fit this run or is damaged "
+                    f"({type(exc).__name__}: {aether_arch.error_summary(exc)})"
+                ) from None
+            notes.append(f"resumed from {state_path} at step {self.step}")
+
+        if processes.is_main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"--out-dir {str(self.out_dir)!r} cannot be created ({exc.strerror or exc})") from None
+        self.log = RunLog(self.out_dir / "train.log" if processes.is_main else None)
+        self._log_config(notes)
         self.train_model: nn.Module | None = None  # the module forward goes through (DDP-wrapped)
 
     def _log_config(self, notes: list[str]) -> None:
@@ -758,7 +803,26 @@ class Trainer:
             f"[{images}]"
         )
 
+    def check_finite(self, loss: torch.Tensor | None = None) -> None:
+        """Stop before a NaN or infinite loss or weight reaches a checkpoint (every rank holds
+        the same weights, so all ranks stop together)."""
+        weights = [*self.model.parameters(), *self.ema.module.parameters()]
+        finite = all(bool(torch.isfinite(w).all()) for w in weights)
+        if finite and (loss is None or bool(torch.isfinite(loss))):
+            return
+        saved = [p.name for p in self.out_dir.glob("net_g_*.pth") if p.name != "net_g_latest.pth"]
+        kept = (
+            f"the last finite checkpoint is {max(saved, key=lambda n: int(n[6:-4]))}"
+            if saved
+            else "no checkpoint was saved"
+        )
+        raise TrainingDiverged(
+            f"training diverged at step {self.step}: the {'weights' if not finite else 'loss'} became NaN or "
+            f"infinite (--lr {self.options.lr:g} too high?); {kept} in {str(self.out_dir)!r}"
+        )
+
     def save(self) -> None:
+        self.check_finite()
         sampler_states = gather_sampler_states(self.sampler, self.processes)  # collective
         if not self.processes.is_main:
             return
@@ -798,7 +862,13 @@ class Trainer:
         stop = options.stop_at or options.steps
         train_seconds, first_step = 0.0, self.step
         loss_sum, loss_count = torch.zeros((), device=self.device), 0  # summed on the device: no sync per step
-        bar = tqdm(total=stop, initial=self.step, unit="it", dynamic_ncols=True, disable=not self.processes.is_main)
+        bar = tqdm(  # rank 0 only, and only on a terminal: logs get train.log's lines, not bars
+            total=stop,
+            initial=self.step,
+            unit="it",
+            dynamic_ncols=True,
+            disable=None if self.processes.is_main else True,
+        )
         try:
             while self.step < stop:
                 tick = time.perf_counter()
@@ -815,6 +885,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 train_seconds += time.perf_counter() - tick
                 if self.step % options.log_every == 0:
+                    self.check_finite(loss_sum)
                     self.log(
                         f"step {self.step}/{options.steps}: loss {loss_sum.item() / loss_count:.5f} "
                         f"(rank 0's batches), lr {self.scheduler.get_last_lr()[0]:.3g}, "

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ from aether_cli import (
     describe_exception,
     prepare_output_dir,
     run_cli,
+    thread_count,
     warn,
     whole_number,
 )
@@ -196,7 +198,8 @@ def _open_onnx(path: Path, device_option: str, threads: int) -> Runner:
             "(use the .onnx files aether_release.py writes)"
         )
     declared = {entry.key: entry.value for entry in proto.metadata_props}.get("scale", "")
-    scale = int(declared) if declared.isdigit() else 0  # 0: measured by the probe
+    # 0: measured by the probe (str.isdigit would pass '²', which int() refuses)
+    scale = int(declared) if re.fullmatch(r"[1-9][0-9]?", declared) else 0
     del proto  # the weights; ONNX Runtime reads the file itself
     for provider in providers:  # --device auto: CUDA may be installed but unusable here
         runtime = onnx_runtime(path, provider, threads)
@@ -294,10 +297,10 @@ def upscale_image(
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"expected uint8 or uint16 pixels, got {image.dtype}")
     scale, (height, width) = runner.scale, image.shape[:2]
-    grey, max_value = image.ndim == 2, np.iinfo(image.dtype).max
-    colour = image if grey else image[..., :3]
+    grey, max_value = is_grey(image), np.iinfo(image.dtype).max
+    colour = image if image.ndim == 2 else image[..., 0] if grey else image[..., :3]
     output = np.empty((height * scale, width * scale, *image.shape[2:]), image.dtype)
-    output_colour = output if grey else output[..., :3]
+    output_colour = output if image.ndim == 2 else output[..., 0] if grey else output[..., :3]
     rows, columns = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
     with tqdm(
         total=len(rows) * len(columns), desc="tiles", unit="tile", leave=False, disable=None if progress else True
@@ -321,14 +324,27 @@ def upscale_image(
                     core, grey=grey, dtype=image.dtype
                 )
                 bar.update(1)
+    if image.ndim == 3 and grey:
+        output[..., 1], output[..., 2] = output_colour, output_colour
     if image.ndim == 3 and image.shape[2] == 4:
         output[..., 3] = upscale_alpha(np.ascontiguousarray(image[..., 3]), scale)
     return output
 
 
+def is_grey(image: np.ndarray) -> bool:
+    """Greyscale, or grey + alpha: OpenCV decodes a grey + alpha PNG as BGRA with B = G = R
+    (and cannot write two channels), so such an image stays grey, written as equal channels."""
+    if image.ndim == 2:
+        return True
+    b, g, r = image[..., 0], image[..., 1], image[..., 2]
+    return image.shape[2] == 4 and np.array_equal(b, g) and np.array_equal(g, r)
+
+
 def describe_pixels(image: np.ndarray) -> str:
     """'16-bit greyscale', '8-bit RGBA', ..."""
     layout = "greyscale" if image.ndim == 2 else ("RGBA" if image.shape[2] == 4 else "RGB")
+    if image.ndim == 3 and is_grey(image):
+        layout = "greyscale + alpha"
     return f"{image.dtype.itemsize * 8}-bit {layout}"
 
 
@@ -404,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=whole_number(0),
+        type=thread_count(allow_default=True),
         default=0,
         metavar="N",
         help="CPU threads for PyTorch and ONNX Runtime; 0 = their default, one per core (default: %(default)s)",
@@ -420,6 +436,8 @@ def plan(input_option: str, output_dir: Path) -> list[tuple[Path, Path]]:
         sources = image_files(input_option, "--input")
     elif not source.exists():
         raise InputError(f"--input {input_option!r}: no such file or folder")
+    elif not source.is_file():  # reading a FIFO or a device would block or never end
+        raise InputError(f"--input {input_option!r} is not a regular file or a folder")
     elif source.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(
             f"--input {input_option!r}: unsupported file type {source.suffix or '(none)'!r}; "
@@ -461,7 +479,13 @@ def upscale_all(args: argparse.Namespace) -> int:
             summary = upscale_file(source, target, runner, tile=args.tile, overlap=args.overlap)
         except Exception as exc:  # one bad image must not stop the others; each is named
             expected = isinstance(exc, (ImageReadError, OSError))  # the message says it all
-            warn(f"skipped {source.name}: {error_summary(exc) if expected else describe_exception(exc)}", warnings_seen)
+            reason = error_summary(exc) if expected else describe_exception(exc)
+            if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
+                reason = (
+                    f"not enough memory for {'the whole image at once' if not args.tile else f'--tile {args.tile}'}"
+                )
+                reason += f"; use a smaller --tile (default {DEFAULT_TILE}) ({describe_exception(exc)})"
+            warn(f"skipped {source.name}: {reason}", warnings_seen)
             continue
         written += 1
         tqdm.write(summary)

@@ -168,7 +168,7 @@ def _error_line(capsys):
         ("unreadable_checkpoint", "--pretrained"),
         ("checkpoint_for_another_scale", "does not fit"),
         ("bad_preset", "invalid choice: 'aether_huge'"),
-        ("bad_scale", "scale must be a positive integer"),
+        ("bad_scale", "--scale: expected a whole number in 1..16, got 0"),
         ("negative_warmup", "--warmup: expected a whole number >= 0, got -5"),
         ("missing_resume_state", "--resume"),
         ("resume_with_another_scale", "the saved run used --scale 2, this one 3"),
