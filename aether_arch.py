@@ -1299,6 +1299,10 @@ ONNX_OUTPUT_NAME = "output"
 # 14..18: per-channel Q/DQ needs >= 13, onnx's converter has no Sub adapter down to 13,
 # DirectML stops at 17 (the default).
 ONNX_OPSETS = range(14, 19)
+# The IR version our files declare: the exporter writes the newest (10), which onnxruntime
+# before 1.18 refuses; stock chaiNNer pins onnxruntime 1.17.1. IR 8 holds every opset up to
+# 18 and every op we use, and onnxruntime >= 1.14 reads it.
+ONNX_IR_VERSION = 8
 
 
 @contextlib.contextmanager
@@ -1490,6 +1494,7 @@ def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 1
     _materialize_shared_initializers(proto.graph)
     _fold_weight_quantization(proto.graph)
     _uint8_pixel_shuffle(proto.graph)
+    proto.ir_version = ONNX_IR_VERSION
     onnx.checker.check_model(proto)
     return proto
 

@@ -198,6 +198,42 @@ def test_onnx_contract_and_metadata(float_release, name):
     assert {k: meta.get(k) for k in expected} == expected
     assert json.loads(meta["config"])["num_blocks"] == 1 and meta["preset"] == "custom"
     assert meta["fused"] == "true" and proto.opset_import[0].version == 17
+    assert proto.ir_version == 8  # stock chaiNNer's onnxruntime 1.17.1 reads IR <= 9
+
+
+OLD_ORT_PYTHON = os.environ.get("AETHER_OLD_ORT_PYTHON")  # .ci/run: a venv with onnxruntime==1.17.1
+RUN_IN_OLD_ORT = """
+import sys, numpy as np, onnxruntime
+lr = np.load(sys.argv[1])
+for path in sys.argv[2:]:
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    fp16 = session.get_inputs()[0].type == "tensor(float16)"
+    out = session.run(None, {"input": lr.astype(np.float16) if fp16 else lr})[0]
+    np.save(path + ".old.npy", out.astype(np.float32))
+print(onnxruntime.__version__)
+"""
+
+
+@pytest.mark.skipif(not OLD_ORT_PYTHON, reason="set AETHER_OLD_ORT_PYTHON to a Python with onnxruntime==1.17.1")
+def test_artifacts_run_in_stock_chainners_onnxruntime(tmp_path, sample_release):
+    """chaiNNer pins onnxruntime 1.17.1: every ONNX file loads there and gives what the current
+    ONNX Runtime gives (FP32 and INT8 to float rounding, FP16 within 1/255)."""
+    lr = np.ascontiguousarray(read_image(REPO / "samples" / "val" / "coffee.png")[0][:48, :64].transpose(2, 0, 1)[None])
+    np.save(tmp_path / "lr.npy", lr)
+    paths = [tmp_path / name for name in ONNX_FILES]
+    for path in paths:
+        shutil.copy(sample_release / path.name, path)
+    result = subprocess.run(
+        [OLD_ORT_PYTHON, "-c", RUN_IN_OLD_ORT, tmp_path / "lr.npy", *paths], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "1.17.1", result.stderr[-2000:]
+    for path in paths:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        fp16 = session.get_inputs()[0].type == "tensor(float16)"
+        current = session.run(None, {"input": lr.astype(np.float16) if fp16 else lr})[0].astype(np.float32)
+        old = np.load(str(path) + ".old.npy")
+        assert old.shape == current.shape == (1, 3, 96, 128)
+        assert np.abs(old - current).max() <= (1 / 255 if fp16 else 1e-5), path.name
 
 
 @pytest.mark.parametrize("name", ONNX_FILES)
