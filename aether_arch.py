@@ -322,6 +322,15 @@ class AetherNet(nn.Module):
             self.fused = True
         return self
 
+    def map_state_dict(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """``state_dict`` as this model loads it (a new dict): a float checkpoint in the training
+        or fused form becomes this fused / QAT model's keys. traiNNer-redux calls this hook to
+        compare key sets before ``load_state_dict`` (strict_load_g: true), which then converts
+        the same way in its pre-hook."""
+        mapped = dict(state_dict)
+        _accept_float_state_dict(self, mapped, "")
+        return mapped
+
     def extra_repr(self) -> str:
         flags = f"fused={self.fused}, qat={self.qat}"
         if self.qat:

@@ -6,6 +6,7 @@ traiNNer-redux lower-cases them; both assert on duplicates), neosr's net_opt() a
 build_network() call patterns — as stand-in packages, then import the copied arch file
 the way the framework's auto-import does."""
 
+import copy
 import importlib
 import shutil
 import sys
@@ -141,3 +142,43 @@ def test_qat_is_a_config_switch_and_float_pretrain_loads_strictly(framework_root
     # what both frameworks' load_network does with a pretrained path: strict by default
     qat_net.load_state_dict(float_net.state_dict())
     qat_net.train()(torch.rand(2, 3, 16, 16)).mean().backward()
+
+
+def _redux_strict_load(net: torch.nn.Module, load_net: dict) -> None:
+    """traiNNer-redux's load_network with strict_load_g: true (base_model.py, read from its
+    source): the key sets are compared after ``net.map_state_dict(load_net)`` if the network
+    has that hook, and a mismatch is refused before ``load_state_dict(load_net, strict=True)``."""
+    checked = net.map_state_dict(load_net) if hasattr(net, "map_state_dict") else load_net
+    if set(net.state_dict()) != set(checked):
+        raise ValueError("Unable to load pretrain network due to mismatched state dict keys")
+    net.load_state_dict(load_net, strict=True)
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [("training", {"qat": True}), ("fused", {"qat": True}), ("training", {"fused": True}), ("training", {})],
+)
+def test_traiNNer_redux_strict_key_check_passes_float_to_qat(source, target):
+    float_net = aether_arch.aether_tiny(scale=2, num_blocks=2)
+    if source == "fused":
+        float_net.fuse()
+    load_net = float_net.state_dict()
+    net = aether_arch.aether_tiny(scale=2, num_blocks=2, **target)
+    _redux_strict_load(net, load_net)
+    assert load_net.keys() == float_net.state_dict().keys()  # the hook left the caller's dict alone
+    reference = copy.deepcopy(float_net).fuse() if target else float_net  # the float weights, as loaded
+    for name, value in reference.named_parameters():
+        torch.testing.assert_close(net.get_parameter(name), value, rtol=0, atol=1e-6)
+
+
+class _WithoutHook(aether_arch.AetherNet):
+    @property
+    def map_state_dict(self):  # hasattr() is False: as if the hook did not exist
+        raise AttributeError("map_state_dict")
+
+
+def test_without_the_hook_traiNNer_redux_would_refuse_the_qat_load():
+    """The neighbour test can fail: without map_state_dict a QAT network's keys differ."""
+    net = _WithoutHook(scale=2, dim=48, num_blocks=2, large_kernel=5, qat=True)
+    with pytest.raises(ValueError, match="mismatched state dict keys"):
+        _redux_strict_load(net, aether_arch.aether_tiny(scale=2, num_blocks=2).state_dict())
