@@ -917,11 +917,11 @@ def _check_dense(key: str, tensor: torch.Tensor) -> None:
         extent = stride * size
 
 
-def _weight(state_dict: Mapping[str, Any], key: str, *, square: bool = True) -> torch.Tensor:
+def _weight(state_dict: Mapping[str, Any], key: str) -> torch.Tensor:
     """A conv weight of the state dict: 4-D [out, in, k, k] with no dimension of size 0."""
     tensor = state_dict[key]
     shape = tuple(tensor.shape)
-    if tensor.ndim != 4 or 0 in shape or (square and shape[2] != shape[3]):
+    if tensor.ndim != 4 or 0 in shape or shape[2] != shape[3]:
         raise AetherCheckpointError(
             f"{key!r} has shape {shape}; an AetherNet conv weight is [out, in, k, k] with no empty "
             "dimension (damaged or crafted file)"
@@ -1398,7 +1398,7 @@ def _uint8_pixel_shuffle(graph: Any) -> None:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    initializers = {init.name: numpy_helper.to_array(init).tobytes() for init in graph.initializer}
+    initializers = {init.name: init for init in graph.initializer}  # decoded only for the Q/DQ grids
     producer = {output: node for node in graph.node for output in node.output}
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
@@ -1411,9 +1411,9 @@ def _uint8_pixel_shuffle(graph: Any) -> None:
 
     def grid(node: Any) -> tuple[bytes, ...] | None:
         names = node.input[1:3]
-        return (
-            tuple(initializers[n] for n in names) if len(names) == 2 and all(n in initializers for n in names) else None
-        )
+        if len(names) != 2 or not all(n in initializers for n in names):
+            return None
+        return tuple(numpy_helper.to_array(initializers[n]).tobytes() for n in names)
 
     channels = graph.output[0].type.tensor_type.shape.dim[1].dim_value
     for shuffle in [n for n in graph.node if n.op_type == "DepthToSpace"]:

@@ -557,9 +557,8 @@ def read_training_state(location: str) -> tuple[dict[str, Any], Path]:
     except aether_arch.AetherCheckpointError as exc:
         raise InputError(f"--resume: {exc}") from None
     except Exception as exc:  # torch raises many types for bad files; all mean the same
-        first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise InputError(
-            f"--resume: {str(path)!r} is not a readable training state: {first_line.strip()[:200]}"
+            f"--resume: {str(path)!r} is not a readable training state: {aether_arch.error_summary(exc)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
         raise InputError(f"--resume: {str(path)!r} is not an aether_train.py training state")
@@ -807,7 +806,7 @@ class Trainer:
         """Stop before a NaN or infinite loss or weight reaches a checkpoint (every rank holds
         the same weights, so all ranks stop together)."""
         weights = [*self.model.parameters(), *self.ema.module.parameters()]
-        finite = all(bool(torch.isfinite(w).all()) for w in weights)
+        finite = bool(torch.stack([torch.isfinite(w).all() for w in weights]).all())  # one device sync
         if finite and (loss is None or bool(torch.isfinite(loss))):
             return
         saved = [p.name for p in self.out_dir.glob("net_g_*.pth") if p.name != "net_g_latest.pth"]

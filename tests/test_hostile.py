@@ -7,6 +7,7 @@ what was (not) written."""
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import os
@@ -139,6 +140,7 @@ print(json.dumps(results))
 """
 
 
+@functools.cache
 def _virtual_memory_after_imports() -> int:
     probe = "import aether_arch, spandrel, resource; print(open('/proc/self/status').read())"
     status = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
