@@ -64,18 +64,18 @@ def fold_batchnorm(
     return weight * gain.reshape(-1, 1, 1, 1), bn.bias + (bias - bn.running_mean) * gain
 
 
-def pad_kernel(weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Zero-pad a (out, in, k, k) kernel to a centred kernel_size x kernel_size kernel."""
-    pad = (kernel_size - weight.shape[-1]) // 2
+def pad_kernel(weight: torch.Tensor, size: int, kernel_size: int) -> torch.Tensor:
+    """Zero-pad a (out, in, size, size) kernel to a centred kernel_size x kernel_size kernel.
+    ``size`` is passed, not read from ``weight``: in an exporter's trace a computed tensor's
+    shape is symbolic, and the padded kernel must keep a static shape."""
+    pad = (kernel_size - size) // 2
     return F.pad(weight, [pad, pad, pad, pad])
 
 
 def identity_kernel(channels: int, kernel_size: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The (channels, channels, k, k) kernel of the identity map."""
-    weight = torch.zeros(channels, channels, kernel_size, kernel_size, dtype=dtype, device=device)
-    centre = kernel_size // 2
-    weight[torch.arange(channels), torch.arange(channels), centre, centre] = 1.0
-    return weight
+    """The (channels, channels, k, k) kernel of the identity map (no index assignment: an
+    exporter tracing an eval-mode RepConv folds this into a constant)."""
+    return pad_kernel(torch.eye(channels, dtype=dtype, device=device).reshape(channels, channels, 1, 1), 1, kernel_size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ class ConvNorm(nn.Module):
 
     def fused_kernel(self, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         weight, bias = fold_batchnorm(self.conv.weight, None, self.norm)
-        return pad_kernel(weight, kernel_size), bias
+        return pad_kernel(weight, self.conv.kernel_size[0], kernel_size), bias
 
 
 class IdentityNorm(nn.Module):
@@ -129,6 +129,14 @@ class RepConv(nn.Module):
         self.identity = IdentityNorm(out_channels) if in_channels == out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.branch_sum(x)
+        # Eval runs the conv it fuses into (as SPAN's Conv3XC does): one conv instead of three
+        # or four, and a framework's own ONNX export of a training-form model holds fused convs.
+        weight, bias = self.fused_weight_bias()
+        return F.conv2d(x, weight, bias, padding=self.kernel_size // 2)
+
+    def branch_sum(self, x: torch.Tensor) -> torch.Tensor:
         out = self.identity(x) if self.identity is not None else 0
         for branch in self.branches:
             out = out + branch(x)
@@ -138,7 +146,13 @@ class RepConv(nn.Module):
         parts = [branch.fused_kernel(self.kernel_size) for branch in self.branches]
         if self.identity is not None:
             parts.append(self.identity.fused_kernel(self.kernel_size))
-        weight = torch.stack([w for w, _ in parts]).sum(0)
+        conv = self.branches[0].conv
+        # reshape to the static shape: an exporter's trace has lost it in the sums
+        weight = (
+            torch.stack([w for w, _ in parts])
+            .sum(0)
+            .reshape(conv.out_channels, conv.in_channels, self.kernel_size, self.kernel_size)
+        )
         bias = torch.stack([b for _, b in parts]).sum(0)
         return weight, bias
 
@@ -331,6 +345,12 @@ class AetherNet(nn.Module):
         _accept_float_state_dict(self, mapped, "")
         return mapped
 
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """What spandrel's ``@store_hyperparameters`` would keep: the keyword arguments that
+        rebuild this model, read as it is now (fuse() and prepare_qat() change it in place)."""
+        return {**self.config, "fused": self.fused, "qat": self.qat, "int8_profile": self.int8_profile}
+
     def extra_repr(self) -> str:
         flags = f"fused={self.fused}, qat={self.qat}"
         if self.qat:
@@ -420,60 +440,62 @@ class QuantPoint(nn.Identity):
     Q/DQ pairs to run the op as an integer kernel (QLinearConv, QLinearAdd, QLinearConcat)."""
 
 
-def _define_quantize_dequantize() -> Any:
-    """``aether::quantize_dequantize(x, scale, zero_point, axis)``: exactly ONNX
-    QuantizeLinear -> DequantizeLinear (x / scale, round half to even, saturate to
-    zero_point's dtype; axis < 0: per tensor). A custom op
-    because torch's exporter cannot trace the fake-quant ops; it maps this one to a Q/DQ pair
-    (see _quantize_dequantize_onnx). Defined once per process, even if this file is imported
-    under two module names."""
-    if not hasattr(torch.ops.aether, "quantize_dequantize"):
-
-        @torch.library.custom_op("aether::quantize_dequantize", mutates_args=())
-        def quantize_dequantize(
-            x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int
-        ) -> torch.Tensor:
-            # Written out rather than torch.fake_quantize_*: those multiply by 1/scale,
-            # ONNX divides, and the two round ties differently.
-            info = torch.iinfo(zero_point.dtype)
-            shape = [1] * x.dim()
-            if axis >= 0:
-                shape[axis] = -1
-            s = scale.to(x.dtype).reshape(shape)
-            zp = zero_point.to(x.dtype).reshape(shape)
-            q = torch.clamp(torch.round(x / s) + zp, info.min, info.max)
-            return (q - zp) * s
-
-        @quantize_dequantize.register_fake
-        def _(x, scale, zero_point, axis):
-            return torch.empty_like(x)
-
-    return torch.ops.aether.quantize_dequantize.default
+def _exporting() -> bool:
+    """Whether torch.onnx.export is tracing the model (either exporter)."""
+    return torch.onnx.is_in_onnx_export()
 
 
-quantize_dequantize = _define_quantize_dequantize()
+def _onnx_quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, axis: int):
+    """The Q/DQ pair as ONNX nodes, for the exporters: the TorchScript one maps
+    torch.fake_quantize_* to it; the dynamo one decomposes those ops into one it cannot
+    translate, so it is given the nodes themselves (torch.onnx.ops, torch >= 2.8)."""
+    low, high = (0, 255) if qmin == 0 else (-128, 127)
+    if torch.jit.is_tracing() or not hasattr(torch.onnx, "ops"):
+        # ONNX's 8-bit ranges; the weights' [-127, 127] lies inside [-128, 127], and the
+        # tensor is already on its grid, so the wider clamp never acts.
+        zp = zero_point.round().to(torch.int32)
+        if axis < 0:
+            return torch.fake_quantize_per_tensor_affine(x, scale.float().reshape(()), zp.reshape(()), low, high)
+        return torch.fake_quantize_per_channel_affine(x, scale.float(), zp, axis, low, high)
+    dtype = torch.uint8 if qmin == 0 else torch.int8
+    attrs = {} if axis < 0 else {"axis": axis}
+    zp, s = zero_point.round().to(dtype), scale.float()
+    q = torch.onnx.ops.symbolic("QuantizeLinear", (x, s, zp), attrs, dtype=dtype, shape=x.shape)
+    return torch.onnx.ops.symbolic("DequantizeLinear", (q, s, zp), attrs, dtype=torch.float32, shape=x.shape)
 
 
-def _quantize_dequantize_onnx(x: Any, scale: Any, zero_point: Any, axis: int) -> Any:
-    from onnxscript import opset17 as op
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int = -1
+) -> torch.Tensor:
+    """Exactly ONNX QuantizeLinear -> DequantizeLinear: x / scale rounded half to even, plus the
+    zero-point, saturated to [qmin, qmax], and back. ``axis`` < 0: per tensor, else per channel.
 
-    if axis < 0:
-        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_point), scale, zero_point)
-    quantized = op.QuantizeLinear(x, scale, zero_point, axis=axis)
-    return op.DequantizeLinear(quantized, scale, zero_point, axis=axis)
+    Written out rather than torch.fake_quantize_*: those multiply by 1/scale, ONNX divides, and
+    the two round ties differently. Under torch.onnx.export it is the ONNX Q/DQ pair itself
+    (no custom op: nothing to register, nothing an exporter cannot translate)."""
+    if _exporting():
+        return _onnx_quantize_dequantize(x, scale, zero_point, qmin, axis).to(x.dtype)
+    shape = [1] * x.dim()
+    if axis >= 0:
+        shape[axis] = -1
+    s = scale.to(x.dtype).reshape(shape)
+    zp = zero_point.to(x.dtype).reshape(shape)
+    q = torch.clamp(torch.round(x / s) + zp, qmin, qmax)
+    return (q - zp) * s
 
 
-def activation_qparams(low: torch.Tensor, high: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero_point) covering [low, high] (widened to include 0, so that zero padding
-    and ReLU's zero are exact) for a uint8 (asymmetric) or int8 (symmetric) tensor."""
+def activation_qparams(low: torch.Tensor, high: torch.Tensor, qmin: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point), both float, covering [low, high] (widened to include 0, so that zero
+    padding and ReLU's zero are exact) for a uint8 (``qmin`` 0: asymmetric) or int8 (symmetric)
+    tensor."""
     low, high = low.float().clamp(max=0.0), high.float().clamp(min=0.0)
-    if dtype == torch.uint8:
+    if qmin == 0:
         scale = ((high - low) / 255.0).clamp(min=1e-8)
-        zero_point = torch.round(-low / scale).clamp(0, 255)
+        zero_point = torch.round(-low / scale).clamp(0, 255) + 0.0  # + 0.0: -0.0 becomes 0.0
     else:
         scale = (torch.maximum(-low, high) / 127.0).clamp(min=1e-8)
         zero_point = torch.zeros_like(scale)
-    return scale, zero_point.to(dtype)
+    return scale, zero_point
 
 
 class ActQuant(nn.Module):
@@ -484,6 +506,11 @@ class ActQuant(nn.Module):
     al. 2020) while the zero-point stays fixed. In eval mode it is the exact Q/DQ pair that
     the exported ONNX graph runs; before initialisation it passes values through.
 
+    All its state is floating point (the zero-point and the "initialised" flag too) and is read
+    from the tensors on every call, never cached: EMA copies (ema-pytorch copies and averages
+    floating tensors only), in-place ``.data.copy_`` and load_state_dict all carry it, and
+    torch.compile sees no data-dependent Python branch.
+
     ``fixed_range`` (low, high): a range known in advance and never learned nor calibrated,
     such as the image's [0, 1], whose uint8 grid 1/255 holds 8-bit pixels exactly."""
 
@@ -493,26 +520,32 @@ class ActQuant(nn.Module):
         self.qmin, self.qmax = info.min, info.max
         self.fixed = fixed_range is not None
         self.scale = nn.Parameter(torch.tensor(1.0), requires_grad=not self.fixed)
-        self.register_buffer("zero_point", torch.tensor(0, dtype=dtype))
-        self.register_buffer("initialized", torch.tensor(False))
-        self._initialized: bool | None = False  # cache of the buffer (None: re-read it)
+        self.register_buffer("zero_point", torch.tensor(0.0))
+        self.register_buffer("initialized", torch.tensor(0.0))  # 1.0 once the range is set
         self._observed: tuple[torch.Tensor, torch.Tensor] | None = None
         self.observing = False
         if fixed_range is not None:
             self.set_range(*(torch.tensor(float(v)) for v in fixed_range))
 
     def is_initialized(self) -> bool:
-        if self._initialized is None:
-            self._initialized = bool(self.initialized)
-        return self._initialized
+        return bool(self.initialized > 0)
 
     @torch.no_grad()
     def set_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
-        scale, zero_point = activation_qparams(low, high, self.zero_point.dtype)
+        scale, zero_point = activation_qparams(low, high, self.qmin)
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point)
-        self.initialized.fill_(True)
-        self._initialized = True
+        self.initialized.fill_(1.0)
+
+    @torch.no_grad()
+    def _initialize_from(self, x: torch.Tensor) -> None:
+        """Take the range of ``x`` if none is set yet: a select on the flag rather than a
+        Python branch on it, so that a compiled training step has no graph break."""
+        scale, zero_point = activation_qparams(*torch.aminmax(x), self.qmin)
+        fresh = self.initialized <= 0
+        self.scale.copy_(torch.where(fresh, scale, self.scale))
+        self.zero_point.copy_(torch.where(fresh, zero_point, self.zero_point))
+        self.initialized.fill_(1.0)
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
@@ -532,34 +565,33 @@ class ActQuant(nn.Module):
         # LSQ updates may push the scale through zero; the sign carries no meaning
         return self.scale.abs().clamp(min=1e-8)
 
+    def _learned_fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """LSQ in core ops: straight-through rounding, and the scale's gradient scaled by
+        1 / sqrt(numel * qmax) (the paper's g) so that it learns at the weights' pace."""
+        scale = self.positive_scale()
+        g = 1.0 / math.sqrt(x[0].numel() * self.qmax)
+        scale = scale * g + (scale - scale * g).detach()  # the value of scale, the gradient of g * scale
+        v = x / scale
+        q = torch.clamp(v + (torch.round(v) - v).detach() + self.zero_point, self.qmin, self.qmax)
+        return (q - self.zero_point) * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing and not self.fixed:
             self._observe(x)
             return x
         if self.training:
-            if not self.is_initialized():
-                self.set_range(x.detach().min(), x.detach().max())
-            grad_factor = 1.0 / math.sqrt(x[0].numel() * self.qmax)
-            out = torch._fake_quantize_learnable_per_tensor_affine(
-                x.float(),
-                self.positive_scale().reshape(1),
-                self.zero_point.float().reshape(1),
-                self.qmin,
-                self.qmax,
-                grad_factor,
-            )
-            return out.to(x.dtype)
-        if not self.is_initialized():
-            return x
-        return quantize_dequantize(x, self.positive_scale().detach(), self.zero_point, -1)
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._initialized = None
+            if not self.fixed:
+                self._initialize_from(x.detach().float())
+            return self._learned_fake_quantize(x.float()).to(x.dtype)
+        out = fake_quantize(x, self.positive_scale().detach(), self.zero_point, self.qmin, self.qmax)
+        if _exporting():  # an exported graph always quantizes: export calibrated models only
+            return out
+        return torch.where(self.initialized > 0, out, x)
 
     def extra_repr(self) -> str:
+        kind = "uint8" if self.qmin == 0 else "int8"
         fixed = ", fixed" if self.fixed else ""
-        return f"{self.zero_point.dtype}, scale={self.scale.item():.4g}, zero_point={int(self.zero_point)}{fixed}"
+        return f"{kind}, scale={self.scale.item():.4g}, zero_point={int(self.zero_point)}{fixed}"
 
 
 class QuantConv2d(nn.Conv2d):
@@ -573,8 +605,7 @@ class QuantConv2d(nn.Conv2d):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("weight_scale", torch.ones(self.out_channels))
-        self.register_buffer("weight_zero_point", torch.zeros(self.out_channels, dtype=torch.int8), persistent=False)
-        self.register_buffer("bias_zero_point", torch.zeros(self.out_channels, dtype=torch.int32), persistent=False)
+        self.register_buffer("weight_zero_point", torch.zeros(self.out_channels, dtype=torch.int32), persistent=False)
         # The ActQuants that feed this conv and quantize its output (set by prepare_qat;
         # no output one for float-output convs). Plain attributes, not submodules: they
         # belong to the network's tree, not to this conv.
@@ -611,14 +642,9 @@ class QuantConv2d(nn.Conv2d):
         if self.training:
             self.refresh_weight_scale()
             return torch.fake_quantize_per_channel_affine(
-                self.weight,
-                self.weight_scale,
-                self.weight_zero_point.to(torch.int32),
-                0,
-                -WEIGHT_QMAX,
-                WEIGHT_QMAX,
+                self.weight, self.weight_scale, self.weight_zero_point, 0, -WEIGHT_QMAX, WEIGHT_QMAX
             )
-        return quantize_dequantize(self.weight, self.weight_scale, self.weight_zero_point, 0)
+        return fake_quantize(self.weight, self.weight_scale, self.weight_zero_point, -WEIGHT_QMAX, WEIGHT_QMAX, 0)
 
     def bias_scale(self) -> torch.Tensor:
         """The int32 grid of the bias, input scale x weight scale (float32, as exported)."""
@@ -630,7 +656,9 @@ class QuantConv2d(nn.Conv2d):
         scale = self.bias_scale()
         if self.training:  # straight-through rounding
             return self.bias + (torch.round(self.bias / scale) * scale - self.bias).detach()
-        return quantize_dequantize(self.bias, scale, self.bias_zero_point, 0)
+        if _exporting():  # onnx_model_proto puts it on the int32 grid (_quantize_conv_biases)
+            return self.bias
+        return fake_quantize(self.bias, scale, torch.zeros_like(scale), INT32_MIN, INT32_MAX, 0)
 
     def int8_weight(self) -> torch.Tensor:
         scale = self.weight_scale.reshape(-1, 1, 1, 1)
@@ -642,14 +670,15 @@ class QuantConv2d(nn.Conv2d):
         return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
 
     def _runs_integer(self, x: torch.Tensor) -> bool:
-        """Integer-exact inference needs CPU, eval mode, no export tracing, and quantizers that
-        are set (not observing calibration data)."""
+        """Integer-exact inference needs CPU, eval mode, eager execution (not an exporter's or
+        torch.compile's trace), and quantizers that are set (not observing calibration data)."""
         quantizers = [q for q in (self._input_quant, self._output_quant) if q is not None]
         return (
             not self.training
             and x.device.type == "cpu"
             and self._input_quant is not None
-            and not torch.compiler.is_exporting()
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
             and all(q.is_initialized() and not q.observing for q in quantizers)
         )
 
@@ -865,6 +894,7 @@ _REQUIRED_KEYS = ("head.weight", "upsample.weight", "skip.weight")
 # Only AetherNet v1 checkpoints have these (mean subtraction, partial large kernels, 1x1 mixing).
 _V1_KEYS = ("mean", "blocks.0.mix.weight", "blocks.0.mix.branches.0.conv.weight")
 _QAT_KEY = "input_q.zero_point"  # quantizer state: only QAT (and INT8) checkpoints have it
+_INTEGER_OUTPUT_KEY = "output_q.scale"  # the cpu profile's integer output head; tensorrt's is float
 
 
 def _form_key(conv: str, fused: bool) -> str:
@@ -1000,15 +1030,7 @@ def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     scale, out_channels = _scale_and_out_channels(int(upsample.shape[0]), in_channels)
     _check_limit("scale", scale, "upsample.weight")
     qat = _QAT_KEY in state_dict
-    profile = "cpu"
-    if qat:
-        dtypes = {dtype: name for name, dtype in INT8_PROFILES.items()}
-        profile = dtypes.get(state_dict[_QAT_KEY].dtype, "")
-        if not profile:
-            raise AetherCheckpointError(
-                f"QAT checkpoint with activation zero-points of type {state_dict[_QAT_KEY].dtype}; "
-                "expected uint8 (cpu) or int8 (tensorrt)"
-            )
+    profile = "cpu" if not qat or _INTEGER_OUTPUT_KEY in state_dict else "tensorrt"
     return {
         "scale": scale,
         "in_channels": in_channels,
@@ -1384,6 +1406,48 @@ def _fold_weight_quantization(graph: Any) -> None:
         graph.initializer.remove(init)
 
 
+def _quantize_conv_biases(graph: Any) -> None:
+    """Store the bias of every integer conv (input and weights from DequantizeLinear) as an int32
+    initializer on the grid input_scale x weight_scale behind a DequantizeLinear, the form ONNX
+    Runtime fuses into QLinearConv. The exported graph carries the float bias (torch's fake
+    quantization has no int32 form); the rounding is QuantConv2d.quantized_bias's, in float32."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+
+    def dequantize_scale(name: str) -> Any:
+        node = producer.get(name)
+        if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in initializers:
+            return None
+        return numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+
+    for index, conv in reversed(list(enumerate(graph.node))):
+        if conv.op_type != "Conv" or len(conv.input) < 3 or conv.input[2] not in initializers:
+            continue
+        input_scale, weight_scale = dequantize_scale(conv.input[0]), dequantize_scale(conv.input[1])
+        if input_scale is None or weight_scale is None:
+            continue
+        bias = numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float32)
+        scale = (input_scale * weight_scale).astype(np.float32)
+        quantized = np.clip(np.rint(bias / scale), INT32_MIN, INT32_MAX).astype(np.int32)
+        name = f"{conv.output[0]}_bias"  # one per conv: two convs may share a bias initializer
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(quantized, f"{name}_int32"),
+                numpy_helper.from_array(np.broadcast_to(scale, bias.shape).copy(), f"{name}_int32_scale"),
+                numpy_helper.from_array(np.zeros(bias.shape, np.int32), f"{name}_int32_zero_point"),
+            ]
+        )
+        inputs = [f"{name}_int32", f"{name}_int32_scale", f"{name}_int32_zero_point"]
+        graph.node.insert(index, helper.make_node("DequantizeLinear", inputs, [f"{name}_dequantized"], axis=0))
+        conv.input[2] = f"{name}_dequantized"
+    used = {i for node in graph.node for i in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+
+
 def _uint8_pixel_shuffle(graph: Any) -> None:
     """Run an INT8 graph's pixel shuffle as uint8 transposes that each move one axis.
 
@@ -1491,7 +1555,6 @@ def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 1
                 opset_version=opset,
                 dynamo=True,
                 dynamic_shapes={"x": dims},
-                custom_translation_table={quantize_dequantize: _quantize_dequantize_onnx},
                 optimize=True,
                 verbose=False,
             )
@@ -1502,6 +1565,7 @@ def onnx_model_proto(model: AetherNet, *, opset: int = 17, example_size: int = 1
         proto = onnx.version_converter.convert_version(proto, opset)
     _materialize_shared_initializers(proto.graph)
     _fold_weight_quantization(proto.graph)
+    _quantize_conv_biases(proto.graph)
     _uint8_pixel_shuffle(proto.graph)
     proto.ir_version = ONNX_IR_VERSION
     onnx.checker.check_model(proto)
@@ -1590,11 +1654,12 @@ def _spandrel_architecture() -> Any:
             super().__init__(id=ARCH_NAME, detect=detect)
 
         def load(self, state_dict: Mapping[str, Any]) -> Any:
-            # Inference is what spandrel is for: always the fast deploy (fused) form; the
-            # model's load-state-dict hook fuses training-form weights on the way in.
-            # Loading here as well as in spandrel's descriptor costs a second copy of the
-            # weights but turns a mismatched file into AetherCheckpointError's one-line message.
-            model = build_from_state_dict(state_dict, fused=True)
+            # The network in the form the file holds, as spandrel does for SPAN: then the
+            # hyperparameters (fused included) survive a round trip, and an eval-mode training
+            # form runs its fused convs anyway (RepConv.forward). Loading here as well as in
+            # spandrel's descriptor costs a second copy of the weights but turns a mismatched
+            # file into AetherCheckpointError's one-line message.
+            model = build_from_state_dict(state_dict)
             config = model.config
             return ImageModelDescriptor(
                 model,

@@ -8,6 +8,7 @@ PixelShuffle, ReLU, additions and concatenations are counted as free.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import time
@@ -19,7 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from aether_arch import ONNX_INPUT_NAME
+from aether_arch import ONNX_INPUT_NAME, AetherNet
 from aether_bench_report import Timing
 from aether_runtime import onnx_input_dtype
 
@@ -39,7 +40,10 @@ def parameter_count(model: nn.Module) -> int:
 
 def macs_per_lr_pixel(model: nn.Module, in_channels: int = 3, size: int = 8) -> float:
     """Multiply-accumulates of every nn.Conv2d in ``model`` per input (LR) pixel, counted
-    with forward hooks on one 1 x in_channels x size x size input."""
+    with forward hooks on one 1 x in_channels x size x size input. An AetherNet is counted in
+    its deploy form: in eval mode the training form runs those same fused convs."""
+    if isinstance(model, AetherNet) and not model.fused:
+        model = copy.deepcopy(model).fuse()
     total_macs = 0
 
     def count(conv: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:

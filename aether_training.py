@@ -362,7 +362,6 @@ class AetherNetPolicy(TrainingPolicy):
         for name, quantizer in ema.named_modules():
             if isinstance(quantizer, aether_arch.ActQuant) and not quantizer.is_initialized():
                 if sources[name].is_initialized():
-                    # load_state_dict (not copy_) so the quantizer re-reads its state
                     quantizer.load_state_dict(sources[name].state_dict())
 
     def after_ema_update(self, ema: aether_arch.AetherNet) -> None:

@@ -4,6 +4,7 @@ quality path at a tiny budget). Latencies are only reported by aether_bench.py; 
 are not tests."""
 
 import argparse
+import copy
 import itertools
 import json
 from pathlib import Path
@@ -59,8 +60,10 @@ def test_macs_of_a_hand_made_network():
 def test_macs_of_a_preset_match_its_conv_weights(fused):
     model = PRESET_FACTORIES["aether_tiny"](scale=3, fused=fused).eval()
     # Every conv (body, upsampler, skip) runs at LR resolution, so each weight is applied
-    # once per LR pixel: the MACs per LR pixel are the number of conv weights.
-    expected = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
+    # once per LR pixel: the MACs per LR pixel are the number of deploy-form conv weights
+    # (an eval-mode training form runs its fused convs, not its branches).
+    deployed = copy.deepcopy(model).fuse()
+    expected = sum(m.weight.numel() for m in deployed.modules() if isinstance(m, nn.Conv2d))
     assert macs_per_lr_pixel(model, size=5) == expected
 
 

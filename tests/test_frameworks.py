@@ -182,3 +182,141 @@ def test_without_the_hook_traiNNer_redux_would_refuse_the_qat_load():
     net = _WithoutHook(scale=2, dim=48, num_blocks=2, large_kernel=5, qat=True)
     with pytest.raises(ValueError, match="mismatched state dict keys"):
         _redux_strict_load(net, aether_arch.aether_tiny(scale=2, num_blocks=2).state_dict())
+
+
+# --- QAT state through the frameworks' EMA, torch.compile and their own ONNX exporters ---
+
+
+def _qat_trained(steps: int = 3) -> aether_arch.AetherNet:
+    torch.manual_seed(0)
+    net = aether_arch.aether_tiny(scale=2, num_blocks=2, qat=True).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        net(torch.rand(2, 3, 16, 16)).mean().backward()
+        optimizer.step()
+    return net
+
+
+def test_ema_pytorch_copy_keeps_every_quantizer():
+    """traiNNer-redux's EMA (the real ema-pytorch package, its sr_model.py settings): the EMA
+    copy is deep-copied before the first batch sets any range; ema-pytorch copies and averages
+    floating-point tensors only, so the quantizers' state must all be floating point."""
+    ema_pytorch = pytest.importorskip("ema_pytorch")
+    torch.manual_seed(0)
+    net = aether_arch.aether_tiny(scale=2, num_blocks=2, qat=True).train()
+    ema = ema_pytorch.EMA(net, beta=0.999, update_after_step=2, update_every=1, allow_different_devices=True)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)  # small steps: the average stays close
+    for _ in range(6):  # steps 0-2 copy, then the moving average
+        optimizer.zero_grad()
+        net(torch.rand(2, 3, 16, 16)).mean().backward()
+        optimizer.step()
+        ema.update()
+    copy_ = ema.ema_model.eval()
+    assert aether_arch.is_calibrated(copy_)
+    for ours, theirs in zip(aether_arch.act_quantizers(copy_), aether_arch.act_quantizers(net), strict=True):
+        assert ours.zero_point == theirs.zero_point  # constant since step 0: averaging keeps it
+        torch.testing.assert_close(ours.scale, theirs.scale, rtol=0.05, atol=0)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        out = copy_(x)
+    levels = out * 255
+    assert (levels - levels.round()).abs().max() < 1e-3  # the integer output head: on the 8-bit grid
+
+
+def test_in_place_copies_into_a_quantizer_are_seen():
+    """neosr's EMA (and a plain ``p.data.copy_(q)`` loop) writes the state in place, bypassing
+    load_state_dict: the "initialised" state is read from the tensor, never cached."""
+    source = _qat_trained().eval()
+    target = aether_arch.aether_tiny(scale=2, num_blocks=2, qat=True).eval()
+    assert not aether_arch.is_calibrated(target)
+    for theirs, ours in zip(source.state_dict().values(), target.state_dict().values(), strict=True):
+        ours.data.copy_(theirs.data)
+    assert aether_arch.is_calibrated(target)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+
+
+@pytest.mark.parametrize("qat", (False, True))
+def test_training_step_compiles_without_graph_breaks(qat):
+    net = aether_arch.aether_tiny(scale=2, num_blocks=2, qat=qat).train()
+    x = torch.rand(2, 3, 16, 16)
+    explanation = torch._dynamo.explain(lambda batch: net(batch).mean())(x)
+    assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_compiled_qat_training_matches_eager():
+    eager = aether_arch.aether_tiny(scale=2, num_blocks=2, qat=True).train()
+    compiled_net = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_net)
+    x = torch.rand(2, 3, 16, 16)
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (eager, compiled_net)]
+    for _ in range(2):  # the first step initialises every range; the second keeps them
+        for net, optimizer in zip((eager, compiled), optimizers, strict=True):
+            optimizer.zero_grad()
+            net(x).square().mean().backward()
+            optimizer.step()
+    assert aether_arch.is_calibrated(compiled_net.eval())
+    for (name, a), b in zip(eager.named_parameters(), compiled_net.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def _framework_export(net: torch.nn.Module, x: torch.Tensor, dynamo: bool):
+    """convert_to_onnx.py of traiNNer-redux (read from its source): torch.onnx.export under
+    inference_mode, optimize=False then ONNXProgram.optimize() with dynamo, dynamic axes with
+    the legacy exporter. neosr's convert script calls the same torch.onnx.export."""
+    import io
+
+    import onnx
+
+    auto, static = torch.export.Dim.AUTO, torch.export.Dim.STATIC
+    buffer = None if dynamo else io.BytesIO()
+    axes = {0: "batch_size", 2: "height", 3: "width"}
+    with torch.inference_mode():
+        program = torch.onnx.export(
+            net,
+            (x,),
+            buffer,
+            dynamo=dynamo,
+            verbose=False,
+            optimize=False,
+            opset_version=18 if dynamo else 17,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=((auto, static, auto, auto),) if dynamo else None,
+            dynamic_axes=None if dynamo else {"input": axes, "output": axes},
+        )
+    if dynamo:
+        program.optimize()
+        return program.model_proto
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("dynamo", (False, True))
+@pytest.mark.parametrize("form", ("training", "qat"))
+def test_the_frameworks_onnx_export_gives_the_deploy_graph(form, dynamo):
+    """Their exporters export net_g as trained: an eval-mode training-form model traces its
+    fused convs (no BatchNorm, one Conv per conv), a QAT model its Q/DQ pairs, at any size."""
+    import numpy as np
+
+    from aether_runtime import ort_session
+
+    net = _qat_trained() if form == "qat" else aether_arch.aether_tiny(scale=2, num_blocks=2)
+    net.eval()
+    proto = _framework_export(net, torch.rand(1, 3, 20, 24), dynamo)
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("Conv") == 1 + 2 * 2 + 1 + 2 and "BatchNormalization" not in ops  # head, blocks, tail, output
+    if form == "qat":
+        assert ops.count("QuantizeLinear") >= 2 + 2 * 3 + 4
+    session = ort_session(proto.SerializeToString())
+    for size in ((20, 24), (13, 8)):
+        x = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= (1 / 255 + 1e-6 if form == "qat" else 1e-5)

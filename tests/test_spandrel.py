@@ -77,7 +77,7 @@ def test_loader_loads_release_files_and_the_sample(sample_release, name):
     int8 = name in ("model_int8.pth", "sample")  # the sample is a QAT checkpoint
     assert descriptor.tags == ["aether_tiny", "48nf"] + (["int8"] if int8 else [])
     assert descriptor.size_requirements.none and descriptor.tiling == spandrel.ModelTiling.SUPPORTED
-    assert descriptor.model.fused and descriptor.model.qat == int8
+    assert descriptor.model.fused and descriptor.model.qat == int8  # release files are fused
     image = torch.rand(1, 3, 13, 11)
     with torch.no_grad():
         got, expected = descriptor(image), load_model(path)(image)
@@ -93,8 +93,8 @@ def test_loader_loads_every_training_checkpoint_form(checkpoint_forms):
         descriptor = loader_load(path)
         assert descriptor.architecture.id == "AetherNet", name
         assert descriptor.scale == 3 and descriptor.tags[0] == "custom", name
-        # spandrel is for inference: it always gets the fused deploy form
-        assert descriptor.model.fused and not descriptor.model.training, name
+        # the form the file holds (fused for QAT), in eval mode
+        assert descriptor.model.fused == ("qat" in name) and not descriptor.model.training, name
         with torch.no_grad():
             got = descriptor(image)
             expected = (load_model(path) if "qat" in name else reference)(image)
