@@ -95,12 +95,17 @@ def rename_io_blobs(param_text: str, input_name: str = NCNN_INPUT_NAME, output_n
     if len(lines) < 3 or lines[0].strip() != PARAM_MAGIC:
         raise NcnnConversionError("pnnx wrote a .param file without the NCNN magic number")
     layers = []
-    for line in lines[2:]:
+    for number, line in enumerate(lines[2:], start=3):
         fields = line.split()
         if not fields:
             continue
-        n_in, n_out = int(fields[2]), int(fields[3])
+        try:
+            n_in, n_out = int(fields[2]), int(fields[3])
+        except (IndexError, ValueError):
+            raise NcnnConversionError(f"pnnx wrote a .param file whose line {number} is not a layer") from None
         bottoms, tops = fields[4 : 4 + n_in], fields[4 + n_in : 4 + n_in + n_out]
+        if len(bottoms) + len(tops) != n_in + n_out:
+            raise NcnnConversionError(f"pnnx wrote a .param file whose line {number} lacks blob names")
         layers.append((fields, bottoms, tops))
     inputs = [tops[0] for fields, _, tops in layers if fields[0] == "Input"]
     consumed = {blob for _, bottoms, _ in layers for blob in bottoms}
@@ -126,11 +131,11 @@ def rename_io_blobs(param_text: str, input_name: str = NCNN_INPUT_NAME, output_n
 
 def convert_onnx(onnx_path: Path, param_path: Path, bin_path: Path, *, fp16: bool, threads: int = 0) -> None:
     """Make ``param_path`` and ``bin_path`` from an ONNX file with pnnx (float16 weights in the
-    .bin when ``fp16``: ncnn's fp16 storage). pnnx writes five side files (.pnnx.param,
-    .pnnx.bin, _pnnx.py, .pnnx.onnx, _ncnn.py, plus .pnnxsim.onnx) next to its input and
-    prints a log: it runs on a copy of the input in its own temporary folder (beside
-    ``param_path``, so that an interrupted release removes it with its staging folder), the
-    log is kept only for the error message, and only the two NCNN files leave that folder."""
+    .bin when ``fp16``: ncnn's fp16 storage). pnnx writes side files (.pnnx.param, .pnnx.bin,
+    _pnnx.py, .pnnx.onnx, .pnnxsim.onnx, _ncnn.py) next to its input and prints a long log: it
+    runs on a copy of the input in its own temporary folder (beside ``param_path``, so that an
+    interrupted release removes it with its staging folder), the log is kept only for the
+    error message, and only the two NCNN files leave that folder."""
     shapes = [f"[{','.join(map(str, shape))}]f32" for shape in PNNX_INPUT_SHAPES]
     with tempfile.TemporaryDirectory(prefix=".pnnx-", dir=param_path.parent) as work_name:
         work = Path(work_name)
@@ -197,8 +202,10 @@ def ncnn_runtime(param_path: Path, bin_path: Path, precision: str, threads: int)
         def upscale(lr: np.ndarray) -> np.ndarray:
             outputs = []
             for image in lr:  # ncnn has no batch dimension: one (C, H, W) image at a time
+                # A Mat made from an array points into it: the array must outlive the extraction.
+                pixels = np.ascontiguousarray(image, dtype=np.float32)
                 with net.create_extractor() as extractor:
-                    extractor.input(NCNN_INPUT_NAME, ncnn.Mat(np.ascontiguousarray(image, dtype=np.float32)))
+                    extractor.input(NCNN_INPUT_NAME, ncnn.Mat(pixels))
                     code, output = extractor.extract(NCNN_OUTPUT_NAME)
                     if code != 0:
                         raise RuntimeError(f"ncnn extract({NCNN_OUTPUT_NAME!r}) returned {code}")
