@@ -171,7 +171,7 @@ COMPARISON_PNG = "comparison.png"
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROG,
-        description="Make FP32 / FP16 / INT8 PyTorch and ONNX release files from an AetherNet "
+        description="Make FP32 / FP16 / INT8 PyTorch and ONNX (and FP32 / FP16 NCNN) release files from an AetherNet "
         "checkpoint and validate each one in its runtime on real images.",
         epilog="Writes model_{fp32,fp16,int8}.{pth,onnx}, model_{fp32,fp16}.ncnn.{param,bin} (when pnnx "
         "and ncnn are installed), release_report.json, release_report.md and comparison.png; "
