@@ -12,18 +12,26 @@ Writes into --output-dir:
     model_fp16.onnx  float16 weights AND float16 input/output (see FP16_IO_DTYPE)
     model_int8.onnx  QDQ graph with int8 weights, for --int8-profile (cpu: ONNX Runtime's
                      uint8-activation fast path; tensorrt: symmetric int8 activations)
+    model_fp32.ncnn.param + model_fp32.ncnn.bin
+                     NCNN model (upscayl, chaiNNer's NCNN path, *-ncnn-vulkan) converted by
+                     pnnx from model_fp32.onnx; input blob "data", output blob "output"
+    model_fp16.ncnn.param + model_fp16.ncnn.bin
+                     the same with float16 weights (ncnn's fp16 storage)
     release_report.json, release_report.md, comparison.png (bicubic | FP32 | INT8 | original)
 
 Every file carries the same metadata (ONNX metadata_props, the .pth "metadata" JSON):
 architecture, preset, scale, config, precision, channels, value range, colour order, layout,
 io_dtype, int8_profile, quantization ("qat" | "ptq" | "none"), version and the source's sha256.
+NCNN files have no place for metadata: the report describes them. Without the optional pnnx and
+ncnn packages (or with --skip-ncnn) the NCNN files are not made, and the report says why.
 
 INT8 comes from the checkpoint's own learned ranges when it was trained with QAT for the
 requested profile; otherwise from post-training calibration (PTQ) on real images, with a loud
 warning, because PTQ loses more quality than QAT fine-tuning.
 
 Validation: every artifact is loaded in its runtime (the .pth files with load_model in PyTorch,
-the .onnx files in ONNX Runtime on the CPU provider, and the CUDA provider when installed) and
+the .onnx files in ONNX Runtime on the CPU provider, and the CUDA provider when installed, the
+NCNN files in ncnn on the CPU) and
 upscales the bicubic-downscaled version of every validation image (on CPU the FP16 .pth runs
 in float32 maths: CPU float16 convolutions are emulated and ~50x slower). Each output must have exactly
 scale x the input size, finite values in [0, 1], and a PSNR against the FP32 PyTorch output on the
@@ -33,10 +41,11 @@ a few runs on the first image.
 
 Atomicity: everything is written into a staging folder inside --output-dir. After validation,
 each artifact that passed replaces its final name with os.replace (so a re-run swaps files
-atomically); one that failed is moved to ``<name>.failed`` for inspection and any older file
-under its final name is removed, so the folder never mixes a stale artifact with new ones.
-Artifacts that --skip-fp16 / --skip-int8 leave out are removed from the folder for the same
-reason. The reports are written in every case and say what failed.
+atomically); one that failed is moved to ``<name>.failed`` for inspection (each file of an NCNN
+artifact; nothing when pnnx could not make it) and any older file under its final name is
+removed, so the folder never mixes a stale artifact with new ones. Artifacts that --skip-fp16 /
+--skip-int8 / --skip-ncnn (or a missing pnnx) leave out are removed from the folder for the
+same reason. The reports are written in every case and say what failed.
 
 Exit codes: 0 every artifact passed; 1 an artifact failed validation (named on stderr) or a
 write failed (disk full: one line); 2 bad input (one line on stderr, nothing written); 130
@@ -71,6 +80,7 @@ import torch
 from tqdm import tqdm
 
 import aether_arch
+import aether_ncnn
 from aether_arch import (
     INT8_PROFILES,
     ONNX_OPSETS,
@@ -112,6 +122,7 @@ from aether_data import (
     to_image,
     write_image,
 )
+from aether_ncnn import NCNN_INPUT_NAME, NCNN_OUTPUT_NAME, NcnnConversionError, convert_onnx, ncnn_runtime
 from aether_runtime import (
     FP16_IO_DTYPE,
     Runtime,
@@ -129,6 +140,12 @@ from aether_runtime import (
 PROG = "aether_release.py"
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMATS = ("pth", "onnx")
+# NCNN artifacts, after the six above. No INT8: ncnn quantizes with its own calibration table
+# and int8 kernels, not the Q/DQ grids the other INT8 files carry.
+NCNN_PRECISIONS = ("fp32", "fp16")
+NCNN_FORMAT = "ncnn"
+NCNN_SUFFIXES = (".param", ".bin")  # an NCNN artifact is two files: graph and weights
+NCNN_SOURCE = "model_fp32.onnx"  # what pnnx converts: the validated FP32 graph
 # Minimum PSNR of an artifact's output against the FP32 PyTorch output on the same input.
 # FP32 ONNX differs from PyTorch only by float reordering; FP16 keeps ~11 bits of mantissa;
 # INT8 is bounded by 8-bit activations (PTQ of a good model lands around 35-45 dB).
@@ -154,11 +171,12 @@ COMPARISON_PNG = "comparison.png"
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROG,
-        description="Make FP32 / FP16 / INT8 PyTorch and ONNX release files from an AetherNet "
+        description="Make FP32 / FP16 / INT8 PyTorch and ONNX (and FP32 / FP16 NCNN) release files from an AetherNet "
         "checkpoint and validate each one in its runtime on real images.",
-        epilog="Writes model_{fp32,fp16,int8}.{pth,onnx}, release_report.json, release_report.md "
-        "and comparison.png; model_fp16.onnx takes and returns float16 tensors. Exit codes: 0 all "
-        "artifacts passed, 1 an artifact failed validation (kept as NAME.failed), 2 bad input.",
+        epilog="Writes model_{fp32,fp16,int8}.{pth,onnx}, model_{fp32,fp16}.ncnn.{param,bin} (when pnnx "
+        "and ncnn are installed), release_report.json, release_report.md and comparison.png; "
+        "model_fp16.onnx takes and returns float16 tensors. Exit codes: 0 all artifacts passed, 1 an "
+        "artifact failed validation (kept as NAME.failed), 2 bad input.",
     )
     parser.add_argument(
         "--model-path",
@@ -209,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--skip-int8", action="store_true", help="do not make the INT8 files (likewise removes earlier ones)"
+    )
+    parser.add_argument(
+        "--skip-ncnn",
+        action="store_true",
+        help="do not make the NCNN files (likewise removes earlier ones); they are also left out, "
+        "with a note, when the pnnx or ncnn package is not installed",
     )
     parser.add_argument(
         "--max-images",
@@ -323,10 +347,21 @@ def load_images(
     return images
 
 
+def artifact_files(name: str) -> list[str]:
+    """The files of an artifact: ``name`` itself, or for an NCNN one its .param and .bin."""
+    return [name + suffix for suffix in NCNN_SUFFIXES] if name.endswith("." + NCNN_FORMAT) else [name]
+
+
+def artifact_names(precisions: Sequence[str], ncnn_precisions: Sequence[str]) -> list[str]:
+    """The artifacts of a release, in report order: .pth, .onnx, then NCNN."""
+    names = [f"model_{p}.{f}" for f in FORMATS for p in PRECISIONS if p in precisions]
+    return names + [f"model_{p}.{NCNN_FORMAT}" for p in NCNN_PRECISIONS if p in ncnn_precisions]
+
+
 def release_file_names() -> list[str]:
     """Every name a release writes, replaces or removes in its output folder."""
-    artifacts = [f"model_{p}.{f}" for p in PRECISIONS for f in FORMATS]
-    return [*artifacts, *(name + FAILED_SUFFIX for name in artifacts), REPORT_JSON, REPORT_MD, COMPARISON_PNG]
+    files = [file for name in artifact_names(PRECISIONS, NCNN_PRECISIONS) for file in artifact_files(name)]
+    return [*files, *(name + FAILED_SUFFIX for name in files), REPORT_JSON, REPORT_MD, COMPARISON_PNG]
 
 
 def check_model_outside_release(model_path: str, output_dir: Path) -> None:
@@ -586,18 +621,39 @@ def median_latency_ms(upscale: Upscaler, lr: np.ndarray, first_run_s: float) -> 
 
 
 @dataclass
-class ArtifactResult:
+class ArtifactFile:
     name: str
-    precision: str
-    quantization: str
     size: int
     sha256: str
-    runs: list[RunResult]
     final_name: str = ""  # set when published: name, or name + FAILED_SUFFIX
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.final_name or self.name, "size_bytes": self.size, "sha256": self.sha256}
+
+
+@dataclass
+class ArtifactResult:
+    name: str  # the file, or for NCNN the stem of its two files ("model_fp32.ncnn")
+    precision: str
+    quantization: str
+    files: list[ArtifactFile]  # empty when the artifact could not be made (a failed conversion)
+    runs: list[RunResult]
 
     @property
     def passed(self) -> bool:
         return bool(self.runs) and all(run.passed for run in self.runs)
+
+    @property
+    def size(self) -> int:
+        return sum(file.size for file in self.files)
+
+    @property
+    def final_name(self) -> str:
+        """Where its files went: "a", "a.failed", "a.param.failed + a.bin.failed"; "" for none."""
+        return " + ".join(file.final_name or file.name for file in self.files)
+
+    def where_kept(self) -> str:
+        return f"moved to {self.final_name}" if self.files else "no file was made"
 
     def failure_summary(self) -> str:
         """The first failure in each runtime that had one."""
@@ -609,12 +665,17 @@ class ArtifactResult:
         )
 
     def to_json(self) -> dict[str, Any]:
+        # "file", "size_bytes" and "sha256" are those of the first file (for NCNN the .param an
+        # app is pointed at, which names no .bin: apps find it beside it); "files" lists all.
+        first = self.files[0].to_json() if self.files else {"file": artifact_files(self.name)[0]}
         return {
-            "file": self.final_name or self.name,
+            "artifact": self.name,
+            "file": first["file"],
+            "files": [file.to_json() for file in self.files],
             "precision": self.precision,
             "quantization": self.quantization,
-            "size_bytes": self.size,
-            "sha256": self.sha256,
+            "size_bytes": first.get("size_bytes"),
+            "sha256": first.get("sha256"),
             "fidelity_floor_db": FIDELITY_FLOOR_DB[self.precision],
             "passed": self.passed,
             "runs": [run.to_json() for run in self.runs],
@@ -668,6 +729,17 @@ def summary_rows(results: list[ArtifactResult]) -> list[list[str]]:
     return rows
 
 
+def ncnn_line(ncnn: dict[str, Any]) -> str:
+    """The report's NCNN line: how the files were made, or why none were (one line, the same
+    note stderr showed when pnnx or ncnn is missing)."""
+    if ncnn["skipped"] is not None:
+        return f"* {ncnn['skipped']}"
+    return (
+        f"* NCNN: converted by pnnx from `{ncnn['converted_from']}`; input blob `{ncnn['input_blob']}`, "
+        f"output blob `{ncnn['output_blob']}`"
+    )
+
+
 def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> str:
     source, int8 = report["source"], report["int8"]
     int8_line = (
@@ -687,6 +759,7 @@ def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> st
         f"* Config: `{json.dumps(source['config'], sort_keys=True)}`",
         f"* INT8: {int8_line}",
         f"* FP16 ONNX input/output type: {report['fp16_onnx_io_dtype']}",
+        ncnn_line(report["ncnn"]),
         f"* Validation: {len(report['images'])} image(s) from `{report['validation_dir']}`. Each is "
         "mod-cropped, bicubic-downscaled and upscaled by every artifact; fidelity = worst PSNR "
         "against the FP32 PyTorch output on the same input, PSNR = mean against the original "
@@ -696,7 +769,13 @@ def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> st
         "",
         markdown_table(
             ["file", "size", "sha256"],
-            [[a["file"], format_size(a["size_bytes"]), f"`{a['sha256']}`"] for a in report["artifacts"]],
+            [
+                [f["file"], format_size(f["size_bytes"]), f"`{f['sha256']}`"]
+                if f
+                else [f"{a['file']} (not made)", "-", "-"]
+                for a in report["artifacts"]
+                for f in a["files"] or [None]
+            ],
         ),
         "",
         markdown_table(SUMMARY_HEADER, summary_rows(results)),
@@ -721,7 +800,11 @@ def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> st
         ),
         "",
     ]
-    failures = [f"* {a.name} (kept as `{a.final_name}`): {a.failure_summary()}" for a in results if not a.passed]
+    failures = [
+        f"* {a.name} ({f'kept as `{a.final_name}`' if a.files else 'no file was made'}): {a.failure_summary()}"
+        for a in results
+        if not a.passed
+    ]
     if failures:
         lines += ["## Failures", "", *failures, ""]
     if report["warnings"]:
@@ -754,17 +837,22 @@ def publish(staging: Path, output_dir: Path, results: list[ArtifactResult], left
     """Move each validated artifact into place and each failed one to *.failed, and remove
     artifacts of an earlier release that this run did not make (see the module docstring)."""
     for artifact in results:
-        final, failed = output_dir / artifact.name, output_dir / (artifact.name + FAILED_SUFFIX)
-        if artifact.passed:
-            os.replace(staging / artifact.name, final)
-            remove_if_present(failed)
-            artifact.final_name = final.name
-        else:
-            os.replace(staging / artifact.name, failed)
-            remove_if_present(final)
-            artifact.final_name = failed.name
+        made = {file.name: file for file in artifact.files}
+        for name in artifact_files(artifact.name):
+            final, failed = output_dir / name, output_dir / (name + FAILED_SUFFIX)
+            if artifact.passed:
+                os.replace(staging / name, final)
+                remove_if_present(failed)
+                made[name].final_name = final.name
+            elif name in made:
+                os.replace(staging / name, failed)
+                remove_if_present(final)
+                made[name].final_name = failed.name
+            else:  # never made (pnnx failed): no file of an earlier release stays beside the others
+                remove_if_present(final)
+                remove_if_present(failed)
     for name in left_out:
-        stale = (output_dir / name, output_dir / (name + FAILED_SUFFIX))
+        stale = [output_dir / (f + suffix) for f in artifact_files(name) for suffix in ("", FAILED_SUFFIX)]
         removed = [path.name for path in stale if remove_if_present(path)]
         if removed:
             note(f"removed {', '.join(removed)} of an earlier release: this run did not make it")
@@ -847,6 +935,33 @@ def write_artifacts(
                 save_onnx(protos[precision], path)
 
 
+def ncnn_plan(args: argparse.Namespace, precisions: list[str]) -> tuple[list[str], str | None]:
+    """(precisions of the NCNN artifacts to make, the line saying why none are: None when they are)."""
+    if args.skip_ncnn:
+        return [], "NCNN artifact skipped: --skip-ncnn"
+    missing = aether_ncnn.unavailable()
+    if missing is not None:  # an optional part: the release goes on with the other six files
+        line = f"NCNN artifact skipped: {missing}"
+        note(line)
+        return [], line
+    return [p for p in NCNN_PRECISIONS if p in precisions], None
+
+
+def write_ncnn_artifacts(staging: Path, names: list[str], threads: int, timings: Timings) -> dict[str, str]:
+    """Convert the staged FP32 ONNX file into each NCNN artifact in ``names``; returns why each
+    one that pnnx could not make failed (such an artifact fails like one that fails validation)."""
+    errors = {}
+    for name in names:
+        precision = name.removeprefix("model_").split(".")[0]
+        param, weights = (staging / file for file in artifact_files(name))
+        with timings.step(f"convert {name}"):
+            try:
+                convert_onnx(staging / NCNN_SOURCE, param, weights, fp16=precision == "fp16", threads=threads)
+            except NcnnConversionError as exc:
+                errors[name] = f"does not convert: {exc}"
+    return errors
+
+
 @torch.no_grad()
 def fp32_references(model: AetherNet, images: list[ValidationImage], device: torch.device) -> list[np.ndarray]:
     """What every artifact's output is compared with: the fused FP32 model in PyTorch."""
@@ -864,14 +979,20 @@ def validate_artifacts(
     metadata: dict[str, dict[str, Any]],
     threads: int,
     timings: Timings,
+    conversion_errors: dict[str, str],
 ) -> list[ArtifactResult]:
     runtimes = {}
     for name in names:
         precision, fmt = name.removeprefix("model_").split(".")
-        if fmt == "pth":
+        if name in conversion_errors:
+            runtimes[name] = []
+        elif fmt == "pth":
             runtimes[name] = [pytorch_runtime(staging / name, precision, inputs.device)]
-        else:
+        elif fmt == "onnx":
             runtimes[name] = [onnx_runtime(staging / name, provider, threads) for provider in onnx_providers()]
+        else:
+            param, weights = (staging / file for file in artifact_files(name))
+            runtimes[name] = [ncnn_runtime(param, weights, precision, threads)]
     results = []
     total = sum(map(len, runtimes.values())) * len(inputs.images)
     with tqdm(total=total, desc="validating", unit="run", leave=False, disable=None) as progress:
@@ -890,12 +1011,11 @@ def validate_artifacts(
                     )
                     for runtime in runtimes[name]
                 ]
-            path = staging / name
-            results.append(
-                ArtifactResult(
-                    name, precision, metadata[precision]["quantization"], path.stat().st_size, sha256_of(path), runs
-                )
-            )
+            if name in conversion_errors:
+                runs = [RunResult("pnnx", failures=[conversion_errors[name]])]
+            paths = [staging / file for file in artifact_files(name)]
+            files = [ArtifactFile(path.name, path.stat().st_size, sha256_of(path)) for path in paths if path.is_file()]
+            results.append(ArtifactResult(name, precision, metadata[precision]["quantization"], files, runs))
     for artifact in results:
         for run in artifact.runs:
             if run.note:
@@ -919,6 +1039,7 @@ def build_report(
     args: argparse.Namespace,
     inputs: Inputs,
     quantization: str | None,
+    ncnn_skipped: str | None,
     results: list[ArtifactResult],
     timings: Timings,
     warnings_seen: list[str],
@@ -943,6 +1064,12 @@ def build_report(
             "calibration": inputs.calibration_origin if quantization == "ptq" else None,
         },
         "fp16_onnx_io_dtype": FP16_IO_DTYPE,
+        "ncnn": {
+            "skipped": ncnn_skipped,
+            "converted_from": NCNN_SOURCE,
+            "input_blob": NCNN_INPUT_NAME,
+            "output_blob": NCNN_OUTPUT_NAME,
+        },
         "fidelity_floor_db": FIDELITY_FLOOR_DB,
         "validation_dir": args.validation_dir,
         "images": [
@@ -961,6 +1088,7 @@ def build_report(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": ort.__version__,
+            **aether_ncnn.versions(),
             "pytorch_device": str(inputs.device),
             "onnxruntime_providers": onnx_providers(),
             "threads": args.threads,
@@ -982,7 +1110,9 @@ def release(args: argparse.Namespace) -> int:
         torch.backends.cudnn.allow_tf32 = False
     source, scale = inputs.source, inputs.config["scale"]
     precisions = ["fp32", *([] if args.skip_fp16 else ["fp16"]), *([] if args.skip_int8 else ["int8"])]
-    names = [f"model_{p}.{f}" for f in FORMATS for p in precisions]
+    ncnn_precisions, ncnn_skipped = ncnn_plan(args, precisions)
+    names = artifact_names(precisions, ncnn_precisions)
+    ncnn_names = [name for name in names if name.endswith("." + NCNN_FORMAT)]
 
     with make_staging_dir(inputs.output_dir) as staging_name:
         staging = Path(staging_name)
@@ -1032,11 +1162,16 @@ def release(args: argparse.Namespace) -> int:
                 quantization=quantization,
                 int8_profile=args.int8_profile,
             )
-        write_artifacts(staging, names, fp32_model, int8, metadata, args.opset, timings)
+        write_artifacts(
+            staging, [n for n in names if n not in ncnn_names], fp32_model, int8, metadata, args.opset, timings
+        )
+        conversion_errors = write_ncnn_artifacts(staging, ncnn_names, args.threads, timings)
 
         with timings.step("FP32 reference"):
             references = fp32_references(fp32_model, inputs.images, inputs.device)
-        results = validate_artifacts(staging, names, inputs, references, metadata, args.threads, timings)
+        results = validate_artifacts(
+            staging, names, inputs, references, metadata, args.threads, timings, conversion_errors
+        )
         by_name = {artifact.name: artifact for artifact in results}
 
         fp32_quality = by_name["model_fp32.onnx"].runs[0].mean_quality()
@@ -1050,12 +1185,12 @@ def release(args: argparse.Namespace) -> int:
         panels = comparison_panels(inputs.images[0], references[0], by_name, scale)
         write_image(staging / COMPARISON_PNG, comparison_image(panels))
 
-        left_out = [f"model_{p}.{f}" for p in PRECISIONS if p not in precisions for f in FORMATS]
+        left_out = [name for name in artifact_names(PRECISIONS, NCNN_PRECISIONS) if name not in names]
         publish(staging, inputs.output_dir, results, left_out)
         os.replace(staging / COMPARISON_PNG, inputs.output_dir / COMPARISON_PNG)
 
     timings["total"] = round(time.perf_counter() - started, 3)
-    report = build_report(args, inputs, quantization, results, timings, warnings_seen)
+    report = build_report(args, inputs, quantization, ncnn_skipped, results, timings, warnings_seen)
     # Written last, straight into place (each atomically): they describe the folder as
     # published, failures included.
     reports = {
@@ -1074,8 +1209,7 @@ def release(args: argparse.Namespace) -> int:
     )
     for artifact in failed:
         print(
-            f"{PROG}: error: {artifact.name} failed validation ({artifact.failure_summary()}); "
-            f"moved to {artifact.final_name}",
+            f"{PROG}: error: {artifact.name} failed validation ({artifact.failure_summary()}); {artifact.where_kept()}",
             file=sys.stderr,
         )
     return 1 if failed else 0

@@ -90,7 +90,8 @@ def write_image_folder(folder: Path, sizes, *, seed: int) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_release(tmp_path_factory) -> Path:
-    """The release folder of the shipped sample checkpoint (six artifacts), built once and
+    """The release folder of the shipped sample checkpoint (six artifacts, plus the NCNN files
+    where pnnx and ncnn are installed), built once and
     validated on a 96 x 96 crop of a sample image (whole images add seconds, not checks)."""
     import aether_release
 

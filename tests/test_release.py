@@ -1,6 +1,6 @@
 """aether_release.py end to end on a one-block aether_tiny x2 and 24x32 images: the six
-artifacts, the ONNX contract, PTQ vs QAT, atomic re-runs, failed artifacts and bad input.
-Each release is built once per module; bad-input cases stop before any heavy work."""
+artifacts and the NCNN one, the ONNX contract, PTQ vs QAT, atomic re-runs, failed artifacts and
+bad input. Each release is built once per module; bad-input cases stop before any heavy work."""
 
 import argparse
 import contextlib
@@ -21,9 +21,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import aether_ncnn
 import aether_release
 from aether_arch import aether_tiny, calibrate_int8, detect_config, load_model, prepare_qat, save_checkpoint
-from aether_data import read_image, to_tensor, write_image
+from aether_data import psnr, read_image, to_image, to_tensor, write_image
 from conftest import (
     UNWRITABLE_KINDS,
     OnnxModelInfo,
@@ -36,6 +37,10 @@ from conftest import (
 
 ARTIFACTS = [f"model_{p}.{f}" for p in ("fp32", "fp16", "int8") for f in ("pth", "onnx")]
 ONNX_FILES = [name for name in ARTIFACTS if name.endswith(".onnx")]
+NCNN_FILES = [f"model_{p}.ncnn.{suffix}" for p in ("fp32", "fp16") for suffix in ("param", "bin")]
+# What pnnx leaves next to its input unless it runs in a folder of its own.
+PNNX_SIDE_FILES = ("*.pnnx.param", "*.pnnx.bin", "model*_pnnx.py", "*.pnnx.onnx", "*.pnnxsim.onnx", "model*_ncnn.py")
+PNNX_SIDE_FILES += (".pnnx-*", "model.ncnn.*")  # our own temporary folder, pnnx's default output names
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -111,6 +116,10 @@ def no_leftovers(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.startswith(aether_release.STAGING_PREFIX) or ".tmp-" in p.name]
 
 
+def pnnx_side_files(folder: Path, *, recursive: bool = True) -> list[str]:
+    return [p.name for pattern in PNNX_SIDE_FILES for p in (folder.rglob if recursive else folder.glob)(pattern)]
+
+
 # ---------------------------------------------------------------------------------------
 # A full release of a float checkpoint
 # ---------------------------------------------------------------------------------------
@@ -119,16 +128,25 @@ def no_leftovers(folder: Path) -> bool:
 def test_release_writes_every_artifact_reports_and_comparison(float_release):
     out, stdout, stderr = float_release
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ARTIFACTS + ["comparison.png", "release_report.json", "release_report.md"]
+        ARTIFACTS + NCNN_FILES + ["comparison.png", "release_report.json", "release_report.md"]
     )
     report = json.loads((out / "release_report.json").read_text())
     assert report["status"] == "passed" and report["fp16_onnx_io_dtype"] == "float16"
-    assert [a["file"] for a in report["artifacts"]] == [
-        f"model_{p}.{f}" for f in ("pth", "onnx") for p in ("fp32", "fp16", "int8")
+    assert [a["artifact"] for a in report["artifacts"]] == [
+        *(f"model_{p}.{f}" for f in ("pth", "onnx") for p in ("fp32", "fp16", "int8")),
+        "model_fp32.ncnn",
+        "model_fp16.ncnn",
+    ]
+    assert [f["file"] for a in report["artifacts"] for f in a["files"]] == [
+        *(f"model_{p}.{f}" for f in ("pth", "onnx") for p in ("fp32", "fp16", "int8")),
+        *NCNN_FILES,
     ]
     for artifact in report["artifacts"]:
-        data = (out / artifact["file"]).read_bytes()
-        assert artifact["size_bytes"] == len(data) and artifact["sha256"] == hashlib.sha256(data).hexdigest()
+        assert artifact["file"] == artifact["files"][0]["file"]
+        for file in artifact["files"]:
+            data = (out / file["file"]).read_bytes()
+            assert file["size_bytes"] == len(data) and file["sha256"] == hashlib.sha256(data).hexdigest()
+        assert artifact["size_bytes"] == artifact["files"][0]["size_bytes"]
         (run,) = artifact["runs"]  # CPU only here: one runtime per artifact
         assert run["passed"] and run["latency_ms"] > 0 and len(run["images"]) == 3
         for image in run["images"]:
@@ -137,14 +155,16 @@ def test_release_writes_every_artifact_reports_and_comparison(float_release):
     assert [i["name"] for i in report["images"]] == ["grey16.png", "rgb.png", "rgba.png"]
     assert "total" in report["timings_s"]
     markdown = (out / "release_report.md").read_text()
-    assert all(name in markdown for name in ARTIFACTS) and "## Timings" in markdown
+    assert all(name in markdown for name in ARTIFACTS + NCNN_FILES) and "## Timings" in markdown
+    assert "input blob `data`, output blob `output`" in markdown
     comparison, _ = read_image(out / "comparison.png")
     assert comparison.shape[1] > 3 * comparison.shape[0]  # bicubic | FP32 | INT8 | original
-    assert all(name in stdout for name in ARTIFACTS) and "all passed" in stdout
+    assert all(name in stdout for name in ARTIFACTS + ["model_fp32.ncnn", "model_fp16.ncnn"])
+    assert "8 artifact(s)" in stdout and "all passed" in stdout
     # skipped and converted images are reported, files without an image suffix ignored
     assert "skipped broken.png" in stderr and "skipped tiny.png" in stderr and "readme" not in stderr
     assert "16-bit, greyscale expanded to RGB" in stderr and "alpha channel dropped" in stderr
-    assert no_leftovers(out)
+    assert no_leftovers(out) and not pnnx_side_files(out) and not pnnx_side_files(Path.cwd(), recursive=False)
 
 
 def test_float_checkpoint_gets_the_ptq_warning(float_release):
@@ -276,6 +296,61 @@ def test_fp16_onnx_has_float16_weights_and_io_and_runs(float_release):
 
 
 # ---------------------------------------------------------------------------------------
+# NCNN
+# ---------------------------------------------------------------------------------------
+
+# What upscayl and realesrgan-ncnn-vulkan need: plain layers, no Slice (a stepped slice is how a
+# careless export writes a pixel shuffle) and no layer that bakes in a shape.
+NCNN_LAYER_TYPES = {"Input", "Split", "Convolution", "ReLU", "BinaryOp", "PixelShuffle", "Clip"}
+
+
+def run_ncnn(param: Path, lr: np.ndarray) -> np.ndarray:
+    """(1, 3, h, w) -> (1, 3, H, W) through the ncnn Python API as an app calls it."""
+    import ncnn
+
+    with ncnn.Net() as net:
+        net.opt.use_vulkan_compute = False
+        net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
+        assert net.load_param(str(param)) == 0 and net.load_model(str(param.with_suffix(".bin"))) == 0
+        assert (net.input_names(), net.output_names()) == (["data"], ["output"])
+        pixels = np.ascontiguousarray(lr[0])  # the Mat points into it
+        with net.create_extractor() as extractor:
+            extractor.input("data", ncnn.Mat(pixels))
+            code, output = extractor.extract("output")
+            assert code == 0
+            return np.array(output)[None]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_ncnn_files_run_any_input_size_in_ncnn(float_release, precision):
+    """Two input sizes (a fixed-shape .param would fail the second) against the fused FP32
+    PyTorch model, at the artifact's fidelity floor."""
+    out, _, _ = float_release
+    param = out / f"model_{precision}.ncnn.param"
+    lines = param.read_text().splitlines()
+    assert lines[0] == "7767517" and {line.split()[0] for line in lines[2:]} <= NCNN_LAYER_TYPES
+    reference = load_model(out / "model_fp32.pth")
+    for height, width in ((12, 16), (21, 9)):
+        lr = to_tensor(photo_like(height, width, seed=height))
+        output = run_ncnn(param, lr.numpy())
+        assert output.shape == (1, 3, 2 * height, 2 * width)
+        with torch.no_grad():
+            expected = reference(lr).numpy()
+        assert psnr(to_image(output), to_image(expected)) >= aether_release.FIDELITY_FLOOR_DB[precision]
+
+
+def test_ncnn_blob_renaming_refuses_graphs_it_cannot_name():
+    two_outputs = "7767517\n3 3\nInput in0 0 1 in0\nSplit s 1 2 in0 a b\nReLU r 1 1 a c\n"
+    with pytest.raises(aether_ncnn.NcnnConversionError, match="1 input.* 2 output"):
+        aether_ncnn.rename_io_blobs(two_outputs)
+    taken = "7767517\n3 3\nInput in0 0 1 in0\nReLU r 1 1 in0 data\nReLU r2 1 1 data out0\n"
+    with pytest.raises(aether_ncnn.NcnnConversionError, match="already has a blob named 'data'"):
+        aether_ncnn.rename_io_blobs(taken)
+    with pytest.raises(aether_ncnn.NcnnConversionError, match="line 4 is not a layer"):
+        aether_ncnn.rename_io_blobs("7767517\n2 2\nInput in0 0 1 in0\ngarbage\n")
+
+
+# ---------------------------------------------------------------------------------------
 # QAT checkpoints, re-runs, skips and failures
 # ---------------------------------------------------------------------------------------
 
@@ -310,14 +385,80 @@ def test_skip_flags_leave_out_and_remove_those_artifacts(tmp_path, float_release
         out,
         "--skip-fp16",
         "--skip-int8",
+        "--skip-ncnn",
         "--max-images",
         "1",
     )
     assert code == 0, stderr
     assert sorted(p.name for p in out.glob("model_*")) == ["model_fp32.onnx", "model_fp32.pth"]
     assert "removed model_int8.pth" in stderr and "PTQ" not in stderr
+    assert "removed model_fp32.ncnn.param, model_fp32.ncnn.bin" in stderr
     report = json.loads((out / "release_report.json").read_text())
     assert len(report["artifacts"]) == 2 and [i["name"] for i in report["images"]] == ["grey16.png"]
+    assert report["ncnn"]["skipped"] == "NCNN artifact skipped: --skip-ncnn"
+
+
+@pytest.mark.parametrize("package", ["pnnx", "ncnn"])
+def test_a_missing_pnnx_or_ncnn_is_named_with_the_install_command(monkeypatch, package):
+    assert aether_ncnn.unavailable() is None
+    monkeypatch.setitem(sys.modules, package, None)  # `import pnnx` raises ModuleNotFoundError
+    assert aether_ncnn.unavailable() == f"{package} is not installed (pip install pnnx ncnn)"
+
+
+def test_without_pnnx_the_release_has_six_artifacts_and_one_note(
+    tmp_path, monkeypatch, float_release, float_checkpoint, val_dir
+):
+    monkeypatch.setitem(sys.modules, "pnnx", None)  # as on a machine without it: the import fails
+    out = tmp_path / "out"
+    shutil.copytree(float_release[0], out)  # an earlier release's NCNN files must not stay
+    code, stdout, stderr = release(float_checkpoint, val_dir, out, "--max-images", "1")
+    assert code == 0, stderr
+    line = "NCNN artifact skipped: pnnx is not installed (pip install pnnx ncnn)"
+    assert [entry for entry in stderr.splitlines() if "NCNN artifact" in entry] == [f"note: {line}"]
+    assert sorted(p.name for p in out.glob("model_*")) == sorted(ARTIFACTS) and "6 artifact(s)" in stdout
+    report = json.loads((out / "release_report.json").read_text())
+    assert len(report["artifacts"]) == 6 and report["ncnn"]["skipped"] == line
+    assert report["status"] == "passed"
+    markdown = (out / "release_report.md").read_text()
+    assert [entry for entry in markdown.splitlines() if "NCNN" in entry] == [f"* {line}"]
+
+
+def test_a_failed_ncnn_conversion_or_validation_fails_that_artifact_only(
+    tmp_path, monkeypatch, float_checkpoint, val_dir
+):
+    """pnnx fails for real on the FP16 one (it is handed the .pth instead of the ONNX file);
+    the FP32 one converts, but its weights are then zeroed, so ncnn's output is far off. Neither
+    leaves a pnnx side file in the output folder or the working directory."""
+    real_convert = aether_release.convert_onnx
+
+    def convert(source: Path, param: Path, weights: Path, *, fp16: bool, threads: int) -> None:
+        real_convert(source.with_name("model_fp32.pth") if fp16 else source, param, weights, fp16=fp16, threads=threads)
+        if not fp16:
+            weights.write_bytes(bytes(weights.stat().st_size))
+
+    monkeypatch.setattr(aether_release, "convert_onnx", convert)
+    cwd, out = tmp_path / "cwd", tmp_path / "out"
+    cwd.mkdir()
+    out.mkdir()
+    monkeypatch.chdir(cwd)
+    (out / "model_fp16.ncnn.bin").write_bytes(b"from an earlier release")
+    code, _, stderr = release(float_checkpoint, val_dir, out, "--skip-int8", "--max-images", "1")
+    assert code == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("aether_release.py: error:")]
+    assert len(errors) == 2 and "Traceback" not in stderr
+    assert errors[0].startswith("aether_release.py: error: model_fp32.ncnn failed validation (ncnn CPU: ")
+    assert "below the 60 dB floor" in errors[0]
+    assert errors[0].endswith("moved to model_fp32.ncnn.param.failed + model_fp32.ncnn.bin.failed")
+    assert "model_fp16.ncnn failed validation (pnnx: does not convert: pnnx exited with code" in errors[1]
+    assert errors[1].endswith("; no file was made")
+    names = {p.name for p in out.iterdir()}
+    assert {"model_fp32.ncnn.param.failed", "model_fp32.ncnn.bin.failed", "model_fp16.onnx"} <= names
+    assert not {"model_fp32.ncnn.param", "model_fp16.ncnn.param", "model_fp16.ncnn.bin"} & names
+    report = json.loads((out / "release_report.json").read_text())
+    by_name = {artifact["artifact"]: artifact for artifact in report["artifacts"]}
+    assert report["status"] == "failed" and by_name["model_fp16.ncnn"]["files"] == []
+    assert [a["passed"] for a in report["artifacts"]] == [True] * 4 + [False] * 2
+    assert no_leftovers(out) and not pnnx_side_files(out) and not list(cwd.iterdir())
 
 
 def _int8_edge_case(kind: str, float_model) -> torch.nn.Module:
@@ -462,6 +603,7 @@ def test_help_explains_every_option(capsys):
         "--int8-profile",
         "--skip-fp16",
         "--skip-int8",
+        "--skip-ncnn",
         "--max-images",
         "--threads",
         "--device",
