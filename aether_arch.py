@@ -328,7 +328,7 @@ class AetherNet(nn.Module):
         return out if self.training or on_image_grid else out.clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def fuse(self) -> "AetherNet":
+    def fuse(self) -> AetherNet:
         """Turn the model, in place, into its deploy form and return it: every RepConv
         (parallel branches + BatchNorms) becomes one nn.Conv2d. Idempotent."""
         if not self.fused:
@@ -445,23 +445,48 @@ def _exporting() -> bool:
     return torch.onnx.is_in_onnx_export()
 
 
-def _onnx_quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, axis: int):
-    """The Q/DQ pair as ONNX nodes, for the exporters: the TorchScript one maps
-    torch.fake_quantize_* to it; the dynamo one decomposes those ops into one it cannot
-    translate, so it is given the nodes themselves (torch.onnx.ops, torch >= 2.8)."""
-    low, high = (0, 255) if qmin == 0 else (-128, 127)
-    if torch.jit.is_tracing() or not hasattr(torch.onnx, "ops"):
-        # ONNX's 8-bit ranges; the weights' [-127, 127] lies inside [-128, 127], and the
-        # tensor is already on its grid, so the wider clamp never acts.
-        zp = zero_point.round().to(torch.int32)
-        if axis < 0:
-            return torch.fake_quantize_per_tensor_affine(x, scale.float().reshape(()), zp.reshape(()), low, high)
-        return torch.fake_quantize_per_channel_affine(x, scale.float(), zp, axis, low, high)
+class _TracedQuantizeDequantize(torch.autograd.Function):
+    """The Q/DQ pair for the TorchScript-based exporter (what chaiNNer's torch 2.7 runs): its
+    ``symbolic`` writes the two ONNX nodes. A traced aten fake-quantize op would be constant-
+    folded at trace time wherever the weights are constants (chaiNNer wraps the model so that
+    they are), leaving float weights that ONNX Runtime then requantizes per tensor."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int
+    ):
+        return _fake_quantize_eager(x, scale, zero_point, qmin, qmax, axis)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any, qmin: int, qmax: int, axis: int) -> Any:
+        # ONNX's 8-bit types: the weights' [-127, 127] lies inside int8, and the values are
+        # already on their grid, so the wider saturation never acts.
+        zero_point = g.op("Cast", zero_point, to_i=2 if qmin == 0 else 3)  # TensorProto UINT8 / INT8
+        axis_kw = {} if axis < 0 else {"axis_i": axis}
+        return g.op(
+            "DequantizeLinear", g.op("QuantizeLinear", x, scale, zero_point, **axis_kw), scale, zero_point, **axis_kw
+        )
+
+
+def _onnx_quantize_dequantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int
+):
+    """The Q/DQ pair as ONNX nodes, for the two exporters: a traced autograd Function with a
+    symbolic for the TorchScript one; for the dynamo one, which would decompose
+    torch.fake_quantize_* into an op it cannot translate, torch.onnx.ops nodes (torch >= 2.8)."""
+    scale, zero_point = scale.float(), zero_point.round()
+    if torch.jit.is_tracing():
+        return _TracedQuantizeDequantize.apply(x, scale, zero_point, qmin, qmax, axis)
+    if not hasattr(torch.onnx, "ops"):
+        raise RuntimeError(
+            "exporting a QAT AetherNet with the dynamo ONNX exporter needs torch >= 2.8; "
+            "use torch.onnx.export(..., dynamo=False) or upgrade torch"
+        )
     dtype = torch.uint8 if qmin == 0 else torch.int8
     attrs = {} if axis < 0 else {"axis": axis}
-    zp, s = zero_point.round().to(dtype), scale.float()
-    q = torch.onnx.ops.symbolic("QuantizeLinear", (x, s, zp), attrs, dtype=dtype, shape=x.shape)
-    return torch.onnx.ops.symbolic("DequantizeLinear", (q, s, zp), attrs, dtype=torch.float32, shape=x.shape)
+    zp = zero_point.to(dtype)
+    q = torch.onnx.ops.symbolic("QuantizeLinear", (x, scale, zp), attrs, dtype=dtype, shape=x.shape)
+    return torch.onnx.ops.symbolic("DequantizeLinear", (q, scale, zp), attrs, dtype=torch.float32, shape=x.shape)
 
 
 def fake_quantize(
@@ -474,7 +499,13 @@ def fake_quantize(
     the two round ties differently. Under torch.onnx.export it is the ONNX Q/DQ pair itself
     (no custom op: nothing to register, nothing an exporter cannot translate)."""
     if _exporting():
-        return _onnx_quantize_dequantize(x, scale, zero_point, qmin, axis).to(x.dtype)
+        return _onnx_quantize_dequantize(x, scale, zero_point, qmin, qmax, axis).to(x.dtype)
+    return _fake_quantize_eager(x, scale, zero_point, qmin, qmax, axis)
+
+
+def _fake_quantize_eager(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int
+) -> torch.Tensor:
     shape = [1] * x.dim()
     if axis >= 0:
         shape[axis] = -1
@@ -614,7 +645,7 @@ class QuantConv2d(nn.Conv2d):
         self.refresh_weight_scale()
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "QuantConv2d":
+    def from_conv(cls, conv: nn.Conv2d) -> QuantConv2d:
         q = cls(
             conv.in_channels,
             conv.out_channels,
@@ -712,7 +743,7 @@ class QuantConv2d(nn.Conv2d):
         q = q.clamp(out.qmin, out.qmax) - out.zero_point.float()
         return (q * out_scale).to(x.dtype)  # on the output grid: its ActQuant keeps it as is
 
-    def train(self, mode: bool = True) -> "QuantConv2d":
+    def train(self, mode: bool = True) -> QuantConv2d:
         super().train(mode)
         if not mode:  # freeze the scale for the weights as they are now
             self.refresh_weight_scale()

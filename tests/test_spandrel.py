@@ -1,12 +1,25 @@
 """AetherNet in the real spandrel package: registration, detection against spandrel's own
 architectures, loading every checkpoint form and release .pth into an ImageModelDescriptor,
-spandrel's round-trip invariants, and the half / bfloat16 support the descriptor claims."""
+spandrel's round-trip invariants (its tests/util.py checks, rebuilt here: spandrel does not
+ship its tests), an image-inference snapshot in spandrel's style, chaiNNer's PyTorch -> ONNX
+conversion, the half / bfloat16 support the descriptor claims, and the upstream package in
+contrib/spandrel/ dropped into a copy of the installed spandrel."""
 
 import copy
+import inspect
+import io
 import math
+import os
+import shutil
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import safetensors.torch
 import spandrel
 import torch
 from safetensors.torch import save_file
@@ -16,6 +29,10 @@ from spandrel.architectures.SPAN import SPAN
 
 import aether_arch
 from aether_arch import (
+    AetherNet,
+    aether_large,
+    aether_medium,
+    aether_small,
     aether_tiny,
     calibrate_int8,
     load_model,
@@ -167,3 +184,202 @@ def test_half_and_bfloat16_support_is_measured(sample_release, name):
             output = descriptor(image.to(dtype))
             assert output.dtype == dtype and torch.isfinite(output).all()
             assert _psnr(output, reference) >= floor_db, (name, dtype, _psnr(output, reference))
+
+
+# --- spandrel's tests/util.py::assert_loads_correctly, rebuilt from its source (spandrel
+# b0c3eb2): the loaded model has the same type and hyperparameters, also through safetensors,
+# and the state dict is detected. The real one was run once against contrib/spandrel (see
+# contrib/spandrel/README.md).
+
+
+def assert_loads_correctly(architecture, *models):
+    for model_fn in models:
+        name = inspect.getsource(model_fn).strip()
+        model = model_fn()
+        state_dict = model.state_dict()
+        for loaded in (
+            architecture.load(state_dict).model,
+            architecture.load(safetensors.torch.load(safetensors.torch.save(state_dict))).model,
+        ):
+            assert type(loaded) is type(model), name
+            assert loaded.hyperparameters == model.hyperparameters, name
+        assert architecture.detect(state_dict), name
+
+
+def test_every_preset_and_form_loads_correctly():
+    assert_loads_correctly(
+        arch(),
+        lambda: aether_tiny(),
+        lambda: aether_small(scale=2),
+        lambda: aether_medium(scale=3),
+        lambda: aether_large(scale=1),
+        lambda: aether_tiny(scale=8, fused=True),
+        lambda: aether_small(fused=True),
+        lambda: aether_medium(scale=2, fused=True),
+        lambda: aether_large(scale=4, fused=True),
+        lambda: aether_tiny(scale=2, qat=True),
+        lambda: aether_small(scale=3, qat=True),
+        lambda: aether_medium(scale=4, qat=True),
+        lambda: aether_large(scale=2, qat=True),
+        lambda: aether_tiny(qat=True, int8_profile="tensorrt"),
+        lambda: aether_large(scale=3, qat=True, int8_profile="tensorrt"),
+        lambda: AetherNet(in_channels=1, out_channels=1, dim=16, num_blocks=1, large_kernel=3),
+        lambda: AetherNet(in_channels=4, out_channels=4, dim=24, num_blocks=2, large_kernel=9),
+    )
+
+
+def test_hyperparameters_follow_fuse_and_prepare_qat():
+    model = aether_tiny(scale=2)
+    assert model.hyperparameters == {**model.config, "fused": False, "qat": False, "int8_profile": "cpu"}
+    prepare_qat(model)  # fuses, then swaps in the quantizers, in place
+    assert model.hyperparameters == {**model.config, "fused": True, "qat": True, "int8_profile": "cpu"}
+    assert arch().load(model.state_dict()).model.hyperparameters == model.hyperparameters
+
+
+# --- spandrel's image-inference snapshot style (tests/util.py::assert_image_inference): the
+# shipped sample on 16, 32 and 64 px crops, every output pixel within 1 of its stored PNG.
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+SNAPSHOT_INPUTS = {f"SR_{size}": size for size in (16, 32, 64)}
+
+
+def _snapshot_input(size: int) -> np.ndarray:
+    image = cv2.imread(str(SAMPLES / "val" / "astronaut.png"), cv2.IMREAD_COLOR)
+    return image[96 : 96 + size, 160 : 160 + size]  # the face: edges, skin, hair
+
+
+def _inference(descriptor, image: np.ndarray) -> np.ndarray:
+    rgb = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_BGR2RGB)
+    with torch.no_grad():
+        out = descriptor(torch.from_numpy(rgb.transpose(2, 0, 1)).unsqueeze(0))
+    out = np.clip((out.squeeze(0).numpy().transpose(1, 2, 0) * 255.0).round(), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
+
+
+@pytest.mark.parametrize("name", ["aether_tiny_x2.pth", "aether_tiny_x2_float.pth"])
+def test_sample_inference_matches_its_snapshot(name):
+    """AETHER_UPDATE_SNAPSHOTS=1 rewrites the PNGs (after a deliberate change of the model)."""
+    descriptor = loader_load(SAMPLES / name)
+    for label, size in SNAPSHOT_INPUTS.items():
+        output = _inference(descriptor, _snapshot_input(size))
+        assert output.shape == (size * 2, size * 2, 3)
+        path = SNAPSHOTS / Path(name).stem / f"{label}.png"
+        if os.environ.get("AETHER_UPDATE_SNAPSHOTS") == "1":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), output)
+        expected = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        assert expected is not None, f"{path} is missing: run with AETHER_UPDATE_SNAPSHOTS=1"
+        error = np.abs(output.astype(np.int32) - expected.astype(np.int32))
+        assert error.max() <= 1, (label, int(error.max()), float(error.mean()))
+
+
+def test_snapshot_check_can_fail():
+    """The neighbour test compares real pixels: a one-step brighter output fails it."""
+    descriptor = loader_load(SAMPLES / "aether_tiny_x2.pth")
+    output = _inference(descriptor, _snapshot_input(16))
+    expected = cv2.imread(str(SNAPSHOTS / "aether_tiny_x2" / "SR_16.png"), cv2.IMREAD_COLOR)
+    brighter = np.clip(expected.astype(np.int32) + 2, 0, 255)
+    assert np.abs(output.astype(np.int32) - brighter).max() > 1
+
+
+# --- chaiNNer's "Convert To ONNX" (backend/src/nodes/impl/pytorch/convert_to_onnx_impl.py at
+# 874b878, read from its source): the descriptor wrapped in a module, opset 14, dynamic batch and
+# size, constant folding, torch.onnx.export as chaiNNer's pinned torch 2.7 runs it (TorchScript).
+
+
+def _chainner_convert_to_onnx(descriptor) -> bytes:
+    class FakeModel(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x)
+
+    axes = {0: "batch_size", 2: "height", 3: "width"}
+    with io.BytesIO() as f:
+        torch.onnx.export(
+            FakeModel(descriptor.float()),
+            (torch.rand(1, descriptor.input_channels, 3, 3),),
+            f,
+            opset_version=14,
+            verbose=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": axes, "output": axes},
+            do_constant_folding=True,
+            dynamo=False,  # torch 2.7's default
+        )
+        return f.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name", ["model_int8.pth", "model_fp32.pth"])
+def test_chainner_converts_release_pth_to_onnx(sample_release, name):
+    from aether_runtime import ort_session
+
+    descriptor = loader_load(sample_release / name)
+    for parameter in descriptor.model.parameters():  # chaiNNer's load_model_node does this
+        parameter.requires_grad = False
+    session = ort_session(_chainner_convert_to_onnx(descriptor))
+    image = torch.rand(1, 3, 20, 17)
+    with torch.no_grad():
+        expected = descriptor(image).numpy()
+    got = session.run(None, {"input": image.numpy()})[0]
+    assert got.shape == (1, 3, 40, 34)
+    assert np.abs(got - expected).max() <= (1 / 255 + 1e-6 if "int8" in name else 1e-5)
+
+
+# --- contrib/spandrel: the upstream package, dropped into a copy of the installed spandrel the
+# way the pull request adds it (architectures/AetherNet + one line in the main registry).
+CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "spandrel"
+
+
+def _spandrel_with_contrib(root: Path) -> Path:
+    package = root / "spandrel"
+    shutil.copytree(Path(spandrel.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(CONTRIB / "AetherNet", package / "architectures" / "AetherNet", symlinks=False)
+    registry = package / "__helpers" / "main_registry.py"
+    text = registry.read_text()
+    text = text.replace("from ..architectures import (\n", "from ..architectures import (\n    AetherNet,\n", 1)
+    end = text.rindex("\n)")
+    text = text[:end] + "\n    ArchSupport.from_architecture(AetherNet.AetherNetArch())," + text[end:]
+    registry.write_text(text)
+    return root
+
+
+def test_contrib_package_loads_every_release_file_in_spandrel(tmp_path, sample_release, checkpoint_forms):
+    root = _spandrel_with_contrib(tmp_path / "site")
+    files = [sample_release / f"model_{p}.pth" for p in ("fp32", "fp16", "int8")]
+    files += [SAMPLES / "aether_tiny_x2.pth", SAMPLES / "aether_tiny_x2_float.pth", *checkpoint_forms.values()]
+    script = textwrap.dedent(
+        """
+        import sys, torch, spandrel, aether_arch
+        from spandrel.architectures.AetherNet import AetherNet
+        assert spandrel.__file__.startswith(sys.argv[1]), spandrel.__file__
+        others = [s for s in spandrel.MAIN_REGISTRY.architectures("detection") if s.architecture.id != "AetherNet"]
+        for path in sys.argv[2:]:
+            descriptor = spandrel.ModelLoader().load_from_file(path)
+            assert descriptor.architecture.id == "AetherNet" and isinstance(descriptor.model, AetherNet), path
+            state_dict = spandrel.ModelLoader().load_state_dict_from_file(path)
+            assert not [s.architecture.id for s in others if s.detect(state_dict)], path
+            reference = aether_arch.load_model(path)
+            assert descriptor.model.hyperparameters == reference.hyperparameters, path
+            image = torch.rand(1, 3, 11, 14)
+            with torch.no_grad():
+                torch.testing.assert_close(descriptor(image), reference(image), atol=1e-5, rtol=0)
+        print("loaded", len(sys.argv) - 2)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(Path(aether_arch.__file__).parent)])}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(root), *map(str, files)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["loaded", str(len(files))]
+
+
+def test_contrib_network_code_is_this_repository_s_arch_file():
+    """One network file: the package's __arch/AetherNet.py and LICENSE are links to ours."""
+    arch_dir = CONTRIB / "AetherNet" / "__arch"
+    assert (arch_dir / "AetherNet.py").resolve() == Path(aether_arch.__file__).resolve()
+    assert (arch_dir / "LICENSE").read_text().startswith("MIT License")
