@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
 import logging
 import math
@@ -1669,8 +1670,13 @@ def _spandrel_architecture() -> Any:
     """AetherNet as a spandrel ``Architecture``. Detection keys on names every AetherNet
     state dict has in every form (training, fused, QAT, INT8) and no other architecture uses
     together; docs/spandrel_proposal.md explains them."""
-    from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequirements
-    from spandrel.util import KeyCondition
+    spandrel = _import_spandrel()
+    Architecture, KeyCondition = spandrel.Architecture, spandrel.util.KeyCondition
+    ImageModelDescriptor, ModelTiling, SizeRequirements = (
+        spandrel.ImageModelDescriptor,
+        spandrel.ModelTiling,
+        spandrel.SizeRequirements,
+    )
 
     detect = KeyCondition.has_all(
         *_REQUIRED_KEYS,
@@ -1711,16 +1717,25 @@ def _spandrel_architecture() -> Any:
     return AetherNetArch()
 
 
-def register_spandrel() -> None:
-    """Add AetherNet to ``spandrel.MAIN_REGISTRY`` (idempotent), detected before spandrel's
-    catch-all ``Compact``: then ``spandrel.ModelLoader().load_from_file(path)`` loads every
-    AetherNet checkpoint and release .pth (FP32, FP16, INT8, QAT, training form)."""
+def _import_spandrel() -> Any:
+    # By name at call time: this file is also the network code of spandrel's own AetherNet
+    # package (contrib/spandrel), where a static import of spandrel would be an import cycle.
     try:
-        import spandrel
+        spandrel = importlib.import_module("spandrel")
+        importlib.import_module("spandrel.util")
     except ImportError:
         raise ImportError(
             "register_spandrel() needs the spandrel package, which is not installed: pip install spandrel"
         ) from None
+    return spandrel
+
+
+def register_spandrel() -> None:
+    """Add AetherNet to ``spandrel.MAIN_REGISTRY`` (idempotent), tried before spandrel's own
+    architectures (``Compact`` is the first of them): then
+    ``spandrel.ModelLoader().load_from_file(path)`` loads every AetherNet checkpoint and release
+    .pth (FP32, FP16, INT8, QAT, training form)."""
+    spandrel = _import_spandrel()
     if ARCH_NAME not in spandrel.MAIN_REGISTRY:
         spandrel.MAIN_REGISTRY.add(
             spandrel.ArchSupport.from_architecture(_spandrel_architecture(), before=("Compact",))

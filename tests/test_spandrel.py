@@ -372,7 +372,11 @@ def test_contrib_package_loads_every_release_file_in_spandrel(tmp_path, sample_r
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(Path(aether_arch.__file__).parent)])}
     result = subprocess.run(
-        [sys.executable, "-c", script, str(root), *map(str, files)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", script, str(root), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["loaded", str(len(files))]

@@ -98,4 +98,4 @@ class AetherNetArch(Architecture[AetherNet]):
         )
 
 
-__all__ = ["AetherNetArch", "AetherNet"]
+__all__ = ["AetherNet", "AetherNetArch"]

@@ -18,9 +18,9 @@ def test_load():
         AetherNetArch(),
         # aether_tiny / small / medium / large
         lambda: AetherNet(),
-        lambda: AetherNet(dim=64, num_blocks=4, large_kernel=7),
+        lambda: AetherNet(dim=64),
         lambda: AetherNet(dim=96, num_blocks=6, large_kernel=7),
-        lambda: AetherNet(dim=128, num_blocks=8, large_kernel=7),
+        lambda: AetherNet(dim=128, num_blocks=13, large_kernel=7),
         lambda: AetherNet(scale=1),
         lambda: AetherNet(scale=2),
         lambda: AetherNet(scale=3),
