@@ -366,6 +366,8 @@ def _interrupt(argv: list, ready, sig: int) -> tuple[subprocess.CompletedProcess
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        # as from a terminal: a background job (CI started with `cmd &`) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 90
     while not ready() and process.poll() is None and time.monotonic() < deadline:
