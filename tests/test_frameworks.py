@@ -224,18 +224,31 @@ def test_ema_pytorch_copy_keeps_every_quantizer():
     assert (levels - levels.round()).abs().max() < 1e-3  # the integer output head: on the 8-bit grid
 
 
-def test_in_place_copies_into_a_quantizer_are_seen():
-    """neosr's EMA (and a plain ``p.data.copy_(q)`` loop) writes the state in place, bypassing
-    load_state_dict: the "initialised" state is read from the tensor, never cached."""
-    source = _qat_trained().eval()
-    target = aether_arch.aether_tiny(scale=2, num_blocks=2, qat=True).eval()
-    assert not aether_arch.is_calibrated(target)
-    for theirs, ours in zip(source.state_dict().values(), target.state_dict().values(), strict=True):
-        ours.data.copy_(theirs.data)
-    assert aether_arch.is_calibrated(target)
+def test_neosr_ema_keeps_every_quantizer():
+    """neosr's EMA (models/image.py at 31c7022, read from its source) is torch's own
+    AveragedModel with get_ema_multi_avg_fn, built before the first batch: it averages the
+    parameters and copies the buffers in place (``b_swa.detach().copy_(b)``), bypassing
+    load_state_dict, so the "initialised" state must be read from the tensor, never cached."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    net = aether_arch.aether_tiny(scale=2, num_blocks=2, qat=True).train()
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.999), device=torch.device("cpu"))
+    assert not aether_arch.is_calibrated(ema.module)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        net(torch.rand(2, 3, 16, 16)).mean().backward()
+        optimizer.step()
+        ema.update_parameters(net)
+    ema.eval()
+    assert aether_arch.is_calibrated(ema.module)
+    for ours, theirs in zip(aether_arch.act_quantizers(ema.module), aether_arch.act_quantizers(net), strict=True):
+        assert ours.zero_point == theirs.zero_point
+        torch.testing.assert_close(ours.scale, theirs.scale, rtol=0.05, atol=0)
     x = torch.rand(1, 3, 12, 12)
     with torch.no_grad():
-        assert torch.equal(target(x), source(x))
+        torch.testing.assert_close(ema(x), net.eval()(x), atol=3 / 255, rtol=0)
 
 
 @pytest.mark.parametrize("qat", (False, True))
