@@ -266,6 +266,10 @@ class AetherNet(nn.Module):
         self.fused = fused
         self.qat = False
         self.int8_profile = int8_profile
+        # CPU inference on oneDNN's int8 kernels (see OneDNNInt8): load_model turns it on for
+        # INT8 release files; off, a QAT model in eval runs the integer-exact reference path.
+        self.int8_kernels = False
+        self._int8_engine: Any = None  # built on first use; holds prepacked copies of the weights
 
         self.input_q = QuantPoint()
         self.head = nn.Conv2d(in_channels, dim, 3, padding=1)
@@ -290,6 +294,7 @@ class AetherNet(nn.Module):
             self._init_for_training()
         # Once fused (or QAT), training-form checkpoints still load with strict=True.
         self._register_load_state_dict_pre_hook(_accept_float_state_dict, with_module=True)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._drop_int8_engine())
         if qat:
             prepare_qat(self, int8_profile=int8_profile)
 
@@ -323,10 +328,37 @@ class AetherNet(nn.Module):
         return self.output_q(self.shuffle(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        engine = self._int8_engine_for(x)
+        if engine is not None:
+            return engine(x)
         out = self.forward_unclamped(x)
         # An integer output is clamped by its own [0, 1] grid: a Clip would cost a float pass.
         on_image_grid = isinstance(self.output_q, ActQuant)
         return out if self.training or on_image_grid else out.clamp(0.0, 1.0)
+
+    def _int8_engine_for(self, x: torch.Tensor) -> Any:
+        """The oneDNN int8 engine if this call can use it: an INT8 model in eval mode, float32
+        CPU input without gradients, eager (not an exporter's or torch.compile's trace)."""
+        if not self.int8_kernels or self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        if x.device.type != "cpu" or x.dtype != torch.float32 or (x.requires_grad and torch.is_grad_enabled()):
+            return None
+        if self._int8_engine is None:
+            if not OneDNNInt8.supports(self):
+                return None
+            self._int8_engine = OneDNNInt8(self)
+        return self._int8_engine
+
+    def _drop_int8_engine(self) -> None:
+        self._int8_engine = None
+
+    def train(self, mode: bool = True) -> AetherNet:
+        self._drop_int8_engine()  # weights may change from here on; rebuilt on the next use
+        return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> AetherNet:
+        self._drop_int8_engine()  # .to(), .half(), .cuda(): the packed copies would be stale
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def fuse(self) -> AetherNet:
@@ -889,6 +921,132 @@ def calibrate_int8(model: AetherNet, batches: Any) -> AetherNet:
     return model.eval()  # eval() refreshes the weight scales for the input ranges just set
 
 
+def onednn_int8_available() -> bool:
+    """Whether this torch has oneDNN's int8 convolutions (the x86 CPU builds do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
+
+
+def _qparams(quantizer: ActQuant) -> tuple[float, int]:
+    return float(quantizer.positive_scale()), int(quantizer.zero_point)
+
+
+class _OneDNNConv:
+    """One QuantConv2d as oneDNN's uint8 x int8 convolution, requantized to its output grid."""
+
+    def __init__(self, conv: QuantConv2d, *, relu: bool = False) -> None:
+        assert conv._input_quant is not None and conv._output_quant is not None
+        self.x_scale, self.x_zero_point = _qparams(conv._input_quant)
+        self.y_scale, self.y_zero_point = _qparams(conv._output_quant)
+        self.w_scale = conv.weight_scale.detach().float().contiguous()
+        self.w_zero_point = torch.zeros(self.w_scale.shape, dtype=torch.int64)
+        self.bias = None
+        if conv.bias is not None:  # on its int32 grid, as the INT8 ONNX graph stores it
+            bias_scale = conv.bias_scale().detach()
+            steps = torch.round(conv.bias.detach().float() / bias_scale).clamp(INT32_MIN, INT32_MAX)
+            self.bias = steps * bias_scale
+        self.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+        self.attr = "relu" if relu else "none"
+        # oneDNN requantizes as (acc * s + bias) / s_out, ONNX Runtime as (acc + bias) * s / s_out:
+        # a few ties round apart. After a ReLU that never reached the output on the validation
+        # images; elsewhere it compounded to 2/255 on a few pixels. So those convs give float32
+        # and are rounded here, as ONNX Runtime does (max 1/255, mean < 0.001/255 on them).
+        self.requantize_here = not relu
+        self.weight = torch.ops.onednn.qconv_prepack(
+            conv.int8_weight(), self.w_scale, self.x_scale, self.x_zero_point, *self.geometry, None
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        here = self.requantize_here
+        y = torch.ops.onednn.qconv2d_pointwise(
+            x,
+            self.x_scale,
+            self.x_zero_point,
+            self.weight,
+            self.w_scale,
+            self.w_zero_point,
+            self.bias,
+            *self.geometry,
+            1.0 if here else self.y_scale,
+            0 if here else self.y_zero_point,
+            torch.float32 if here else torch.uint8,
+            self.attr,
+            [],
+            "",
+        )
+        if here:
+            y = y.div_(self.y_scale).round_().add_(self.y_zero_point).clamp_(0, 255).to(torch.uint8)
+        return y
+
+
+def _requantized_sum(
+    a: torch.Tensor, a_quant: ActQuant, b: torch.Tensor, b_quant: ActQuant, out_quant: ActQuant
+) -> torch.Tensor:
+    """uint8 a + b on out_quant's grid, as ONNX Runtime's QLinearAdd computes it (float, each
+    input scaled by its scale over the output's), in place to keep memory traffic down."""
+    (sa, za), (sb, zb), (so, zo) = _qparams(a_quant), _qparams(b_quant), _qparams(out_quant)
+    total = a.float().sub_(za).mul_(sa / so)
+    total.add_(b.float().sub_(zb).mul_(sb / so)).round_().add_(zo).clamp_(0, 255)
+    return total.to(torch.uint8)
+
+
+class OneDNNInt8:
+    """A calibrated cpu-profile QAT AetherNet (what model_int8.pth loads into) as real int8
+    inference on torch's oneDNN kernels (``torch.ops.onednn``, the ones torch.compile's x86
+    int8 path lowers to; no quantized tensors, no torch.ao). The INT8 ONNX graph's arithmetic:
+    uint8 activations from the input to the output, every conv requantized by oneDNN to its
+    output grid (ReLU fused), every residual add as QLinearAdd, the pixel shuffle on uint8.
+    Its output matches model_int8.onnx within 1/255; the integer-exact float64 path
+    (QuantConv2d._integer_forward, ``int8_kernels = False``) stays the reference the tests
+    compare both with. It holds prepacked copies of the weights: AetherNet drops it on
+    train(), load_state_dict() and to()."""
+
+    @staticmethod
+    def supports(model: AetherNet) -> bool:
+        return (
+            model.qat
+            and model.int8_profile in INTEGER_OUTPUT_PROFILES
+            and _device(model).type == "cpu"
+            and next(model.parameters()).dtype == torch.float32
+            and is_calibrated(model)
+            and not any(q.observing for q in act_quantizers(model))
+            and onednn_int8_available()
+        )
+
+    @torch.no_grad()
+    def __init__(self, model: AetherNet) -> None:
+        self.model = model  # for its quantizers' grids
+        self.head = _OneDNNConv(model.head)
+        self.blocks = [(_OneDNNConv(b.conv1, relu=True), _OneDNNConv(b.conv2), b) for b in model.blocks]
+        self.body_tail = _OneDNNConv(model.body_tail)
+        self.upsample = _OneDNNConv(model.upsample)
+        self.skip = _OneDNNConv(model.skip)
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None  # packed weights cannot be copied: a copied model builds its own engine
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        s_in, z_in = _qparams(m.input_q)
+        # oneDNN's int8 convolutions want channels-last (NHWC) activations
+        x_q = x.div(s_in).round_().add_(z_in).clamp_(0, 255).to(torch.uint8)
+        x_q = x_q.contiguous(memory_format=torch.channels_last)
+        feat = self.head(x_q)
+        previous, previous_quant = feat, m.head_q
+        for conv1, conv2, block in self.blocks:
+            residual = conv2(conv1(previous))
+            previous = _requantized_sum(previous, previous_quant, residual, block.conv2_q, block.out_q)
+            previous_quant = block.out_q
+        tail = self.body_tail(previous)
+        feat = _requantized_sum(feat, m.head_q, tail, m.tail_q, m.feat_q)
+        out = _requantized_sum(self.upsample(feat), m.upsample_q, self.skip(x_q), m.skip_q, m.output_q)
+        n, c, h, w = out.shape
+        r = m.scale
+        out = out.reshape(n, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+        s_out, z_out = _qparams(m.output_q)
+        return out.float().sub_(z_out).mul_(s_out)
+
+
 def int8_state_dict(model: AetherNet) -> OrderedDict[str, torch.Tensor]:
     """The state dict of a calibrated QAT model with every conv weight stored as int8
     (plus its float per-channel scale): the INT8 PyTorch release format."""
@@ -1304,6 +1462,8 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
             "run that wrote it diverged; use an earlier checkpoint"
         )
     model = AetherNet(**{**config, "fused": config["fused"] or fused})
+    # an INT8 release file (int8 conv weights): inference on oneDNN's int8 kernels on CPU
+    model.int8_kernels = state_dict.get("head.weight", torch.empty(0)).dtype == torch.int8
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

@@ -66,6 +66,7 @@ from aether_arch import (
 )
 from aether_bench_design import design_report
 from aether_bench_plots import write_plots
+from aether_bench_pth_int8 import add_pth_int8_parser
 from aether_bench_quality import measure_qat, measure_quality
 from aether_bench_report import (
     AETHER_INT8,
@@ -672,6 +673,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     readme.set_defaults(run=run_readme_table)
     add_compare_parser(commands)
     add_design_parser(commands)
+    add_pth_int8_parser(commands, whole_number)
     args = parser.parse_args(argv)
     if args.command == "compare":
         resolve_compare_options(args)

@@ -29,6 +29,7 @@ from aether_arch import (
     calibrate_int8,
     is_calibrated,
     load_model,
+    onednn_int8_available,
     onnx_model_proto,
     prepare_qat,
 )
@@ -141,7 +142,9 @@ def pytorch_runtime(checkpoint: Path | Mapping[str, torch.Tensor], precision: st
     # CPU float16 convolutions are emulated (~50x slower than float32), so on CPU the FP16
     # weights run in float32 math: load_model gives float32 tensors holding the float16 values.
     dtype = torch.float16 if precision == "fp16" and device.type == "cuda" else torch.float32
-    math_name = "int8 simulated" if precision == "int8" else str(dtype).removeprefix("torch.")
+    math_name = str(dtype).removeprefix("torch.")
+    if precision == "int8":  # which path AetherNet.forward takes for an INT8 release file
+        math_name = "int8 oneDNN kernels" if device.type == "cpu" and onednn_int8_available() else "int8 simulated"
     explanation = ""
     if precision == "fp16" and dtype == torch.float32:
         explanation = "float16 weights run in float32 math: the CPU has no fast float16 convolutions"

@@ -3,12 +3,14 @@
 import copy
 import warnings
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
+import aether_arch
 from aether_arch import (
     ActQuant,
     AetherNet,
@@ -24,7 +26,7 @@ from aether_arch import (
     read_checkpoint,
     save_checkpoint,
 )
-from conftest import train_steps
+from conftest import SAMPLES, train_steps
 
 
 def _sr_batch(n=2, size=16, scale=2):
@@ -243,12 +245,65 @@ def test_int8_pth_is_int8_and_matches_onnx(tmp_path, qat_model):
     convs = [n for n, m in qat_model.named_modules() if isinstance(m, QuantConv2d)]
     assert all(raw[f"{n}.weight"].dtype == torch.int8 for n in convs)
     loaded = load_model(path)
+    assert loaded.int8_kernels and not qat_model.int8_kernels  # an INT8 file: oneDNN's kernels
     x, _ = _sr_batch(n=1, size=24)
     with torch.no_grad():
         from_pth = loaded(x)
-        assert torch.equal(from_pth, qat_model(x))
+        loaded.int8_kernels = False  # the integer-exact reference path
+        assert torch.equal(loaded(x), qat_model(x))
     from_onnx = _session(onnx_model_proto(loaded)).run(None, {"input": x.numpy()})[0]
-    assert np.abs(from_onnx - from_pth.numpy()).max() <= 1 / 255
+    assert np.abs(from_onnx - from_pth.numpy()).max() <= 1 / 255 + 1e-6
+
+
+def _val_images():
+    images = []
+    for path in sorted((SAMPLES / "val").glob("*.png")):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+        images.append(torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255)[None])
+    return images
+
+
+@pytest.mark.skipif(not aether_arch.onednn_int8_available(), reason="this torch has no oneDNN int8 kernels")
+def test_int8_release_pth_runs_onednn_kernels_and_matches_onnx_on_real_images(sample_release, monkeypatch):
+    model = load_model(sample_release / "model_int8.pth")
+    session = _session(onnx.load(str(sample_release / "model_int8.onnx")))
+    calls = []
+    original = aether_arch.OneDNNInt8.__call__
+    monkeypatch.setattr(aether_arch.OneDNNInt8, "__call__", lambda self, x: calls.append(1) or original(self, x))
+    for image in _val_images():
+        with torch.inference_mode():
+            fast = model(image).numpy()
+            model.int8_kernels = False
+            reference = model(image).numpy()
+            model.int8_kernels = True
+        expected = session.run(None, {"input": image.numpy()})[0]
+        assert fast.shape == expected.shape
+        assert np.abs(fast - expected).max() <= 1 / 255 + 1e-6  # both land on the 8-bit grid
+        assert np.abs(fast - reference).max() <= 1 / 255 + 1e-6
+        assert np.abs(fast - expected).mean() < 0.05 / 255  # a step apart only where a rounding flips
+    assert len(calls) == len(_val_images())  # the fast path ran, once per image
+
+
+def test_int8_kernels_step_aside_where_they_cannot_run(sample_release, monkeypatch):
+    model = load_model(sample_release / "model_int8.pth")
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        model.int8_kernels = False
+        reference = model(x)
+        model.int8_kernels = True
+        monkeypatch.setattr(aether_arch, "onednn_int8_available", lambda: False)  # e.g. an ARM build
+        assert torch.equal(model(x), reference) and model._int8_engine is None
+        monkeypatch.undo()
+        model(x)
+        assert model._int8_engine is not None
+        copied = copy.deepcopy(model)  # packed weights are not copied; the copy builds its own
+        assert copied._int8_engine is None
+        torch.testing.assert_close(copied(x), model(x), atol=0, rtol=0)
+        model.train()
+        assert model._int8_engine is None  # training may change the weights: rebuilt on next use
+        model.eval()
+        model(x.double())  # float64 input: the reference path, no engine
+        assert model._int8_engine is None
 
 
 def test_tensorrt_profile_is_symmetric():

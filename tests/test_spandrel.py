@@ -95,6 +95,8 @@ def test_loader_loads_release_files_and_the_sample(sample_release, name):
     assert descriptor.tags == ["aether_tiny", "48nf"] + (["int8"] if int8 else [])
     assert descriptor.size_requirements.none and descriptor.tiling == spandrel.ModelTiling.SUPPORTED
     assert descriptor.model.fused and descriptor.model.qat == int8  # release files are fused
+    # the INT8 release file runs on oneDNN's int8 kernels in spandrel too (the QAT sample does not)
+    assert descriptor.model.int8_kernels == (name == "model_int8.pth")
     image = torch.rand(1, 3, 13, 11)
     with torch.no_grad():
         got, expected = descriptor(image), load_model(path)(image)
