@@ -957,7 +957,24 @@ class _OneDNNConv:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         here = self.requantize_here
-        y = torch.ops.onednn.qconv2d_pointwise(
+        y = self._convolve(x, float_out=here)
+        if here:
+            y = y.div_(self.y_scale).round_().add_(self.y_zero_point).clamp_(0, 255).to(torch.uint8)
+        return y
+
+    def plus(self, x: torch.Tensor, other: torch.Tensor, other_grid: tuple[float, int], out_grid: tuple[float, int]):
+        """This conv's uint8 output (never materialised) plus uint8 ``other``, on out_grid: the
+        same roundings as __call__ then _requantized_sum, two conversions fewer."""
+        (so, zo), (sp, zp) = out_grid, other_grid
+        y = self._convolve(x, float_out=True)
+        # the conv's (q - zero_point) on its own grid, saturated as uint8 would be
+        y.div_(self.y_scale).round_().clamp_(-self.y_zero_point, 255 - self.y_zero_point).mul_(self.y_scale / so)
+        y.add_(other.float().sub_(zp).mul_(sp / so)).round_().add_(zo).clamp_(0, 255)
+        return y.to(torch.uint8)
+
+    def _convolve(self, x: torch.Tensor, *, float_out: bool) -> torch.Tensor:
+        """oneDNN's conv: float32 acc * scale + bias, or requantized by oneDNN to uint8."""
+        return torch.ops.onednn.qconv2d_pointwise(
             x,
             self.x_scale,
             self.x_zero_point,
@@ -966,16 +983,13 @@ class _OneDNNConv:
             self.w_zero_point,
             self.bias,
             *self.geometry,
-            1.0 if here else self.y_scale,
-            0 if here else self.y_zero_point,
-            torch.float32 if here else torch.uint8,
+            1.0 if float_out else self.y_scale,
+            0 if float_out else self.y_zero_point,
+            torch.float32 if float_out else torch.uint8,
             self.attr,
             [],
             "",
         )
-        if here:
-            y = y.div_(self.y_scale).round_().add_(self.y_zero_point).clamp_(0, 255).to(torch.uint8)
-        return y
 
 
 def _requantized_sum(
@@ -1032,13 +1046,12 @@ class OneDNNInt8:
         x_q = x.div(s_in).round_().add_(z_in).clamp_(0, 255).to(torch.uint8)
         x_q = x_q.contiguous(memory_format=torch.channels_last)
         feat = self.head(x_q)
-        previous, previous_quant = feat, m.head_q
+        previous, previous_grid = feat, _qparams(m.head_q)
         for conv1, conv2, block in self.blocks:
-            residual = conv2(conv1(previous))
-            previous = _requantized_sum(previous, previous_quant, residual, block.conv2_q, block.out_q)
-            previous_quant = block.out_q
-        tail = self.body_tail(previous)
-        feat = _requantized_sum(feat, m.head_q, tail, m.tail_q, m.feat_q)
+            out_grid = _qparams(block.out_q)
+            previous = conv2.plus(conv1(previous), previous, previous_grid, out_grid)
+            previous_grid = out_grid
+        feat = self.body_tail.plus(previous, feat, _qparams(m.head_q), _qparams(m.feat_q))
         out = _requantized_sum(self.upsample(feat), m.upsample_q, self.skip(x_q), m.skip_q, m.output_q)
         n, c, h, w = out.shape
         r = m.scale
