@@ -266,9 +266,7 @@ class AetherNet(nn.Module):
         self.fused = fused
         self.qat = False
         self.int8_profile = int8_profile
-        # CPU inference on oneDNN's int8 kernels (see OneDNNInt8): load_model turns it on for
-        # INT8 release files; off, a QAT model in eval runs the integer-exact reference path.
-        self.int8_kernels = False
+        self._int8_backend = "simulation"  # see the int8_backend property
         self._int8_engine: Any = None  # built on first use; holds prepacked copies of the weights
 
         self.input_q = QuantPoint()
@@ -336,10 +334,30 @@ class AetherNet(nn.Module):
         on_image_grid = isinstance(self.output_q, ActQuant)
         return out if self.training or on_image_grid else out.clamp(0.0, 1.0)
 
+    @property
+    def int8_backend(self) -> str:
+        """How a QAT / INT8 model runs in eval mode (training is always fake quantization).
+        "onednn": on CPU, torch's oneDNN int8 kernels (OneDNNInt8; load_model picks it for INT8
+        release files), the float simulation wherever they cannot run. "simulation": float
+        convolutions on the dequantized grids (QAT checkpoints; CUDA). "reference": on CPU, the
+        integer-exact float64 arithmetic of ONNX Runtime's QLinearConv, the tests' oracle (~10x
+        slower than FP32)."""
+        return self._int8_backend
+
+    @int8_backend.setter
+    def int8_backend(self, value: str) -> None:
+        if value not in INT8_BACKENDS:
+            raise ValueError(f"AetherNet: int8_backend must be one of {', '.join(INT8_BACKENDS)}, got {value!r}")
+        self._int8_backend = value
+        self._drop_int8_engine()
+        for module in self.modules():
+            if isinstance(module, QuantConv2d):
+                module.reference = value == "reference"
+
     def _int8_engine_for(self, x: torch.Tensor) -> Any:
         """The oneDNN int8 engine if this call can use it: an INT8 model in eval mode, float32
         CPU input without gradients, eager (not an exporter's or torch.compile's trace)."""
-        if not self.int8_kernels or self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if self.int8_backend != "onednn" or self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return None
         if x.device.type != "cpu" or x.dtype != torch.float32 or (x.requires_grad and torch.is_grad_enabled()):
             return None
@@ -455,6 +473,7 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 # Profiles whose INT8 graph is integer to the end: the output convs land on the image grid.
 INTEGER_OUTPUT_PROFILES = ("cpu",)
+INT8_BACKENDS = ("onednn", "simulation", "reference")  # see AetherNet.int8_backend
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -539,6 +558,9 @@ def fake_quantize(
 def _fake_quantize_eager(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int
 ) -> torch.Tensor:
+    if x.dtype not in (torch.float32, torch.float64):
+        # half / bfloat16 models: the grid's arithmetic in float32 (int32 bias bounds overflow half)
+        return _fake_quantize_eager(x.float(), scale, zero_point, qmin, qmax, axis).to(x.dtype)
     shape = [1] * x.dim()
     if axis >= 0:
         shape[axis] = -1
@@ -687,6 +709,7 @@ class QuantConv2d(nn.Conv2d):
         # belong to the network's tree, not to this conv.
         self._input_quant: ActQuant | None = None
         self._output_quant: ActQuant | None = None
+        self.reference = False  # the integer-exact CPU path (AetherNet.int8_backend "reference")
         self.refresh_weight_scale()
 
     @classmethod
@@ -746,11 +769,13 @@ class QuantConv2d(nn.Conv2d):
         return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
 
     def _runs_integer(self, x: torch.Tensor) -> bool:
-        """Integer-exact inference needs CPU, eval mode, eager execution (not an exporter's or
-        torch.compile's trace), and quantizers that are set (not observing calibration data)."""
+        """The integer-exact reference (int8_backend "reference") needs CPU, eval mode, eager
+        execution (not an exporter's or torch.compile's trace), and quantizers that are set (not
+        observing calibration data); otherwise the conv runs the float simulation."""
         quantizers = [q for q in (self._input_quant, self._output_quant) if q is not None]
         return (
-            not self.training
+            self.reference
+            and not self.training
             and x.device.type == "cpu"
             and self._input_quant is not None
             and not torch.jit.is_tracing()
@@ -869,6 +894,7 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
 
     swap(model)
     _link_conv_quantizers(model)
+    model.int8_backend = model.int8_backend  # the new convs take the model's backend
     model.qat = True
     model.int8_profile = profile
     model.train(model.training)
@@ -1010,7 +1036,7 @@ class OneDNNInt8:
     uint8 activations from the input to the output, every conv requantized by oneDNN to its
     output grid (ReLU fused), every residual add as QLinearAdd, the pixel shuffle on uint8.
     Its output matches model_int8.onnx within 1/255; the integer-exact float64 path
-    (QuantConv2d._integer_forward, ``int8_kernels = False``) stays the reference the tests
+    (QuantConv2d._integer_forward, ``int8_backend = "reference"``) stays the reference the tests
     compare both with. It holds prepacked copies of the weights: AetherNet drops it on
     train(), load_state_dict() and to()."""
 
@@ -1476,7 +1502,8 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
         )
     model = AetherNet(**{**config, "fused": config["fused"] or fused})
     # an INT8 release file (int8 conv weights): inference on oneDNN's int8 kernels on CPU
-    model.int8_kernels = state_dict.get("head.weight", torch.empty(0)).dtype == torch.int8
+    if state_dict.get("head.weight", torch.empty(0)).dtype == torch.int8:
+        model.int8_backend = "onednn"
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

@@ -245,12 +245,13 @@ def test_int8_pth_is_int8_and_matches_onnx(tmp_path, qat_model):
     convs = [n for n, m in qat_model.named_modules() if isinstance(m, QuantConv2d)]
     assert all(raw[f"{n}.weight"].dtype == torch.int8 for n in convs)
     loaded = load_model(path)
-    assert loaded.int8_kernels and not qat_model.int8_kernels  # an INT8 file: oneDNN's kernels
+    assert loaded.int8_backend == "onednn" and qat_model.int8_backend == "simulation"  # an INT8 file: oneDNN
     x, _ = _sr_batch(n=1, size=24)
     with torch.no_grad():
         from_pth = loaded(x)
-        loaded.int8_kernels = False  # the integer-exact reference path
+        loaded.int8_backend = qat_model.int8_backend = "reference"  # the integer-exact path
         assert torch.equal(loaded(x), qat_model(x))
+        qat_model.int8_backend = "simulation"
     from_onnx = _session(onnx_model_proto(loaded)).run(None, {"input": x.numpy()})[0]
     assert np.abs(from_onnx - from_pth.numpy()).max() <= 1 / 255 + 1e-6
 
@@ -273,9 +274,9 @@ def test_int8_release_pth_runs_onednn_kernels_and_matches_onnx_on_real_images(sa
     for image in _val_images():
         with torch.inference_mode():
             fast = model(image).numpy()
-            model.int8_kernels = False
+            model.int8_backend = "reference"
             reference = model(image).numpy()
-            model.int8_kernels = True
+            model.int8_backend = "onednn"
         expected = session.run(None, {"input": image.numpy()})[0]
         assert fast.shape == expected.shape
         assert np.abs(fast - expected).max() <= 1 / 255 + 1e-6  # both land on the 8-bit grid
@@ -288,11 +289,11 @@ def test_int8_kernels_step_aside_where_they_cannot_run(sample_release, monkeypat
     model = load_model(sample_release / "model_int8.pth")
     x = torch.rand(1, 3, 12, 10)
     with torch.no_grad():
-        model.int8_kernels = False
-        reference = model(x)
-        model.int8_kernels = True
+        model.int8_backend = "simulation"
+        simulated = model(x)
+        model.int8_backend = "onednn"
         monkeypatch.setattr(aether_arch, "onednn_int8_available", lambda: False)  # e.g. an ARM build
-        assert torch.equal(model(x), reference) and model._int8_engine is None
+        assert torch.equal(model(x), simulated) and model._int8_engine is None
         monkeypatch.undo()
         model(x)
         assert model._int8_engine is not None
@@ -302,8 +303,9 @@ def test_int8_kernels_step_aside_where_they_cannot_run(sample_release, monkeypat
         model.train()
         assert model._int8_engine is None  # training may change the weights: rebuilt on next use
         model.eval()
-        model(x.double())  # float64 input: the reference path, no engine
-        assert model._int8_engine is None
+    with torch.enable_grad():  # an input that wants gradients: the float simulation, no engine
+        model(x.clone().requires_grad_()).sum().backward()
+    assert model._int8_engine is None
 
 
 def test_tensorrt_profile_is_symmetric():
