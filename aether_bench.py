@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -60,6 +60,7 @@ from aether_arch import (
     PRESET_FACTORIES,
     AetherCheckpointError,
     AetherNet,
+    RepConv,
     float_copy,
     int8_state_dict,
     load_model,
@@ -222,12 +223,25 @@ def measure_hd(
         row.timings.update({measurement(fmt, HD_LABEL): t for fmt, t in timings.items()})
 
 
+def branch_sums(run: Callable[[], object]) -> object:
+    """``run()`` with every RepConv adding up its branches, the training form's own cost: in eval
+    mode a RepConv otherwise runs its fused kernel, and fusion would look free."""
+    original = RepConv.forward
+    RepConv.forward = RepConv.branch_sum
+    try:
+        return run()
+    finally:
+        RepConv.forward = original
+
+
 def measure_torch(
     row: SpeedRow, models: Mapping[str, nn.Module], int8_session: ort.InferenceSession, args: argparse.Namespace
 ) -> None:
     """PyTorch training form, fused form and INT8 .pth path, with ORT INT8 on the same input."""
     image = np.random.default_rng(3).random((1, 3, TORCH_SIZE, TORCH_SIZE), dtype=np.float32)
     runners = {fmt: functools.partial(model, torch.from_numpy(image)) for fmt, model in models.items()}
+    if TORCH_TRAINING_FORM in runners:
+        runners[TORCH_TRAINING_FORM] = functools.partial(branch_sums, runners[TORCH_TRAINING_FORM])
     runners[ORT_INT8] = session_runner(int8_session, image)
     with torch.inference_mode():  # at least 2 rounds: one INT8 .pth run of aether_large takes ~40 s
         timings = time_interleaved(runners, args.repeats, args.budget_s, warmup_rounds=1, min_rounds=2)

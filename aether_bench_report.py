@@ -35,8 +35,8 @@ TORCH_TRAINING_FORM, TORCH_FUSED, TORCH_INT8 = "torch training form", "torch fus
 HD_HEIGHT, HD_WIDTH = 720, 1280
 HD_LABEL = "1280×720"
 HD_TILE, HD_TILE_OVERLAP = 256, 16
-# PyTorch rows use a smaller input: the INT8 .pth path is a bit-exact reference about 10x
-# slower than FP32 PyTorch (about 2 minutes per 256x256 run for aether_large here).
+# PyTorch rows use a smaller input: the training form of aether_large is slow (and the INT8
+# .pth path was a float64 reference, ~2 minutes per 256x256 run, when the committed run was made).
 TORCH_SIZE = 128
 AETHER_INT8 = "QAT Q/DQ export"
 PEER_INT8 = "ORT static PTQ"
@@ -709,9 +709,9 @@ def compare_markdown(results: CompareResults) -> str:
                 "",
                 table,
                 "",
-                f"×{meta['options']['hd_scale']}, {square_label(TORCH_SIZE)} input (the INT8 .pth path is a "
-                "bit-exact reference of the integer kernels, about 10× slower than FP32 PyTorch: too slow "
-                f"for {square_label(size)} on large presets), torch eval mode, interleaved with ORT INT8 on "
+                f"×{meta['options']['hd_scale']}, {square_label(TORCH_SIZE)} input, torch eval mode (the "
+                "training form adding up its branches: in eval it would run its fused kernels; the INT8 "
+                ".pth on oneDNN's int8 kernels, see also `aether_bench.py pth-int8`), interleaved with ORT INT8 on "
                 "the same input, one warm-up and at least 2 timed rounds. Fusion speed-up target: "
                 f"{FUSION_SPEEDUP_TARGET:.1f}×.",
                 "",

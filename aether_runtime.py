@@ -143,8 +143,12 @@ def pytorch_runtime(checkpoint: Path | Mapping[str, torch.Tensor], precision: st
     # weights run in float32 math: load_model gives float32 tensors holding the float16 values.
     dtype = torch.float16 if precision == "fp16" and device.type == "cuda" else torch.float32
     math_name = str(dtype).removeprefix("torch.")
-    if precision == "int8":  # which path AetherNet.forward takes for an INT8 release file
-        math_name = "int8 oneDNN kernels" if device.type == "cpu" and onednn_int8_available() else "int8 simulated"
+    if precision == "int8":  # which path AetherNet.forward takes (see AetherNet.int8_backend)
+        int8_file = (
+            not isinstance(checkpoint, Mapping) or checkpoint.get("head.weight", torch.empty(0)).dtype == torch.int8
+        )
+        kernels = int8_file and device.type == "cpu" and onednn_int8_available()
+        math_name = "int8 oneDNN kernels" if kernels else "int8 simulated"
     explanation = ""
     if precision == "fp16" and dtype == torch.float32:
         explanation = "float16 weights run in float32 math: the CPU has no fast float16 convolutions"
