@@ -357,7 +357,7 @@ class AetherNet(nn.Module):
     def _int8_engine_for(self, x: torch.Tensor) -> Any:
         """The oneDNN int8 engine if this call can use it: an INT8 model in eval mode, float32
         CPU input without gradients, eager (not an exporter's or torch.compile's trace)."""
-        if self.int8_backend != "onednn" or self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if self.int8_backend != "onednn" or self.training or torch.jit.is_tracing() or _compiling():
             return None
         if x.device.type != "cpu" or x.dtype != torch.float32 or (x.requires_grad and torch.is_grad_enabled()):
             return None
@@ -490,6 +490,13 @@ class QuantPoint(nn.Identity):
     models; ``prepare_qat`` replaces each one with an ``ActQuant``. Every conv input and
     every body conv/add/concat output is one, because that is where ONNX Runtime needs
     Q/DQ pairs to run the op as an integer kernel (QLinearConv, QLinearAdd, QLinearConcat)."""
+
+
+def _compiling() -> bool:
+    """Whether torch.compile / torch.export is tracing (torch.compiler.is_compiling: torch >= 2.3;
+    spandrel loads this file on older torch too, where nothing compiles it)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
 
 
 def _exporting() -> bool:
@@ -656,7 +663,7 @@ class ActQuant(nn.Module):
         1 / sqrt(numel * qmax) (the paper's g) so that it learns at the weights' pace."""
         scale = self.positive_scale()
         g = 1.0 / math.sqrt(x[0].numel() * self.qmax)
-        if not torch.compiler.is_compiling():
+        if not _compiling():
             # Eager: ATen's fused LSQ kernel, one pass each way (the core ops below cost a QAT
             # step ~13% more on CPU). Compiled: the core ops, which inductor fuses and lowers.
             # tests/test_frameworks.py checks that the two train alike.
@@ -779,7 +786,7 @@ class QuantConv2d(nn.Conv2d):
             and x.device.type == "cpu"
             and self._input_quant is not None
             and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
+            and not _compiling()
             and all(q.is_initialized() and not q.observing for q in quantizers)
         )
 
