@@ -292,6 +292,7 @@ class AetherNet(nn.Module):
             self._init_for_training()
         # Once fused (or QAT), training-form checkpoints still load with strict=True.
         self._register_load_state_dict_pre_hook(_accept_float_state_dict, with_module=True)
+        self._register_load_state_dict_pre_hook(_select_int8_backend, with_module=True)
         self.register_load_state_dict_post_hook(lambda module, _keys: module._drop_int8_engine())
         if qat:
             prepare_qat(self, int8_profile=int8_profile)
@@ -337,8 +338,8 @@ class AetherNet(nn.Module):
     @property
     def int8_backend(self) -> str:
         """How a QAT / INT8 model runs in eval mode (training is always fake quantization).
-        "onednn": on CPU, torch's oneDNN int8 kernels (OneDNNInt8; load_model picks it for INT8
-        release files), the float simulation wherever they cannot run. "simulation": float
+        "onednn": on CPU, torch's oneDNN int8 kernels (OneDNNInt8; loading an INT8 release
+        file picks it, see _select_int8_backend), the float simulation wherever they cannot run. "simulation": float
         convolutions on the dequantized grids (QAT checkpoints; CUDA). "reference": on CPU, the
         integer-exact float64 arithmetic of ONNX Runtime's QLinearConv, the tests' oracle (~10x
         slower than FP32)."""
@@ -959,7 +960,10 @@ def onednn_int8_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
 
 
-def _qparams(quantizer: ActQuant) -> tuple[float, int]:
+Grid = tuple[float, int]  # a quantizer's (scale, zero_point), read once into Python numbers
+
+
+def _qparams(quantizer: ActQuant) -> Grid:
     return float(quantizer.positive_scale()), int(quantizer.zero_point)
 
 
@@ -1013,24 +1017,26 @@ class _OneDNNConv:
         # a ReLU before the output's quantizer needs nothing more: its zero-point is 0
         return self.levels(x).add_(self.y_zero_point).clamp_(0, 255).to(torch.uint8)
 
-    def plus(self, x: torch.Tensor, other: torch.Tensor, other_grid: tuple[float, int], out_grid: tuple[float, int]):
+    def plus(self, x: torch.Tensor, other: torch.Tensor, other_grid: Grid, out_grid: Grid) -> torch.Tensor:
         """This conv's uint8 output (never materialised) plus uint8 ``other``, on out_grid: the
         same roundings as __call__ then _requantized_sum, two conversions fewer."""
-        (so, zo), (sp, zp) = out_grid, other_grid
-        y = self.levels(x).clamp_(-self.y_zero_point, 255 - self.y_zero_point).mul_(self.y_scale / so)
-        y.add_(other.float().sub_(zp).mul_(sp / so)).round_().add_(zo).clamp_(0, 255)
-        return y.to(torch.uint8)
+        y = self.levels(x).clamp_(-self.y_zero_point, 255 - self.y_zero_point)
+        return _add_on_grid(y.mul_(self.y_scale / out_grid[0]), other, other_grid, out_grid)
 
 
-def _requantized_sum(
-    a: torch.Tensor, a_quant: ActQuant, b: torch.Tensor, b_quant: ActQuant, out_quant: ActQuant
-) -> torch.Tensor:
-    """uint8 a + b on out_quant's grid, as ONNX Runtime's QLinearAdd computes it (float, each
-    input scaled by its scale over the output's), in place to keep memory traffic down."""
-    (sa, za), (sb, zb), (so, zo) = _qparams(a_quant), _qparams(b_quant), _qparams(out_quant)
-    total = a.float().sub_(za).mul_(sa / so)
-    total.add_(b.float().sub_(zb).mul_(sb / so)).round_().add_(zo).clamp_(0, 255)
-    return total.to(torch.uint8)
+def _add_on_grid(term: torch.Tensor, other: torch.Tensor, other_grid: Grid, out_grid: Grid) -> torch.Tensor:
+    """``term`` (float, already in units of the output's step) plus uint8 ``other``, as uint8 on
+    out_grid: ONNX Runtime's QLinearAdd arithmetic (float, each input scaled by its scale over
+    the output's), in place to keep memory traffic down."""
+    (so, zo), (sp, zp) = out_grid, other_grid
+    term.add_(other.float().sub_(zp).mul_(sp / so)).round_().add_(zo).clamp_(0, 255)
+    return term.to(torch.uint8)
+
+
+def _requantized_sum(a: torch.Tensor, a_grid: Grid, b: torch.Tensor, b_grid: Grid, out_grid: Grid) -> torch.Tensor:
+    """uint8 a + b on out_grid, as QLinearAdd computes it."""
+    (sa, za), so = a_grid, out_grid[0]
+    return _add_on_grid(a.float().sub_(za).mul_(sa / so), b, b_grid, out_grid)
 
 
 class OneDNNInt8:
@@ -1058,9 +1064,14 @@ class OneDNNInt8:
 
     @torch.no_grad()
     def __init__(self, model: AetherNet) -> None:
-        self.model = model  # for its quantizers' grids
+        self.scale = model.scale
+        # every grid read once here, not per call: the engine is rebuilt whenever they may change
+        self.grids = {name: _qparams(q) for name, q in model.named_modules() if isinstance(q, ActQuant)}
         self.head = _OneDNNConv(model.head)
-        self.blocks = [(_OneDNNConv(b.conv1), _OneDNNConv(b.conv2), b) for b in model.blocks]
+        self.blocks = [
+            (_OneDNNConv(b.conv1), _OneDNNConv(b.conv2), self.grids[f"blocks.{i}.out_q"])
+            for i, b in enumerate(model.blocks)
+        ]
         self.body_tail = _OneDNNConv(model.body_tail)
         self.upsample = _OneDNNConv(model.upsample)
         self.skip = _OneDNNConv(model.skip)
@@ -1070,23 +1081,24 @@ class OneDNNInt8:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        s_in, z_in = _qparams(m.input_q)
+        grids = self.grids
+        s_in, z_in = grids["input_q"]
         # oneDNN's int8 convolutions want channels-last (NHWC) activations
         x_q = x.div(s_in).round_().add_(z_in).clamp_(0, 255).to(torch.uint8)
         x_q = x_q.contiguous(memory_format=torch.channels_last)
         feat = self.head(x_q)
-        previous, previous_grid = feat, _qparams(m.head_q)
-        for conv1, conv2, block in self.blocks:
-            out_grid = _qparams(block.out_q)
+        previous, previous_grid = feat, grids["head_q"]
+        for conv1, conv2, out_grid in self.blocks:
             previous = conv2.plus(conv1(previous), previous, previous_grid, out_grid)
             previous_grid = out_grid
-        feat = self.body_tail.plus(previous, feat, _qparams(m.head_q), _qparams(m.feat_q))
-        out = _requantized_sum(self.upsample(feat), m.upsample_q, self.skip(x_q), m.skip_q, m.output_q)
+        feat = self.body_tail.plus(previous, feat, grids["head_q"], grids["feat_q"])
+        out = _requantized_sum(
+            self.upsample(feat), grids["upsample_q"], self.skip(x_q), grids["skip_q"], grids["output_q"]
+        )
         n, c, h, w = out.shape
-        r = m.scale
+        r = self.scale
         out = out.reshape(n, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
-        s_out, z_out = _qparams(m.output_q)
+        s_out, z_out = grids["output_q"]
         return out.float().sub_(z_out).mul_(s_out)
 
 
@@ -1476,6 +1488,19 @@ def _accept_float_state_dict(model: AetherNet, state_dict: dict[str, Any], prefi
             state_dict.setdefault(prefix + key, ours[key])
 
 
+def holds_int8_weights(state_dict: Mapping[str, Any], prefix: str = "") -> bool:
+    """Whether ``state_dict`` is an INT8 release file (int8 conv weights, int8_state_dict)."""
+    weight = state_dict.get(prefix + "head.weight")
+    return isinstance(weight, torch.Tensor) and weight.dtype == torch.int8
+
+
+def _select_int8_backend(model: AetherNet, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: an INT8 release file runs on oneDNN's int8 kernels, however it is
+    loaded (load_model, spandrel's descriptor, a plain load_state_dict)."""
+    if model.qat and holds_int8_weights(state_dict, prefix):
+        model.int8_backend = "onednn"
+
+
 def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, metadata) of a .pth / .pt / .safetensors checkpoint."""
     obj, metadata = _read_checkpoint_file(os.fspath(path))
@@ -1505,9 +1530,6 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
             "run that wrote it diverged; use an earlier checkpoint"
         )
     model = AetherNet(**{**config, "fused": config["fused"] or fused})
-    # an INT8 release file (int8 conv weights): inference on oneDNN's int8 kernels on CPU
-    if state_dict.get("head.weight", torch.empty(0)).dtype == torch.int8:
-        model.int8_backend = "onednn"
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

@@ -687,7 +687,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     readme.set_defaults(run=run_readme_table)
     add_compare_parser(commands)
     add_design_parser(commands)
-    add_pth_int8_parser(commands, whole_number)
+    add_pth_int8_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "compare":
         resolve_compare_options(args)

@@ -22,7 +22,7 @@ from aether_arch import (
     onnx_model_proto,
     prepare_qat,
 )
-from aether_cli import markdown_table
+from aether_cli import markdown_table, whole_number
 from aether_data import image_files, read_image
 from aether_measure import session_runner, time_interleaved
 from aether_runtime import ort_session
@@ -109,7 +109,7 @@ def run_pth_int8(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pth_int8_parser(commands: argparse._SubParsersAction, whole_number) -> None:
+def add_pth_int8_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("pth-int8", help="model_int8.pth (oneDNN int8) vs model_fp32.pth and model_int8.onnx")
     parser.add_argument("--scale", type=whole_number(1), default=2, help="(default: 2)")
     parser.add_argument("--threads", type=whole_number(1), default=2, help="(default: 2)")

@@ -27,6 +27,7 @@ from aether_arch import (
     ONNX_OUTPUT_NAME,
     AetherNet,
     calibrate_int8,
+    holds_int8_weights,
     is_calibrated,
     load_model,
     onednn_int8_available,
@@ -144,9 +145,7 @@ def pytorch_runtime(checkpoint: Path | Mapping[str, torch.Tensor], precision: st
     dtype = torch.float16 if precision == "fp16" and device.type == "cuda" else torch.float32
     math_name = str(dtype).removeprefix("torch.")
     if precision == "int8":  # which path AetherNet.forward takes (see AetherNet.int8_backend)
-        int8_file = (
-            not isinstance(checkpoint, Mapping) or checkpoint.get("head.weight", torch.empty(0)).dtype == torch.int8
-        )
+        int8_file = not isinstance(checkpoint, Mapping) or holds_int8_weights(checkpoint)
         kernels = int8_file and device.type == "cpu" and onednn_int8_available()
         math_name = "int8 oneDNN kernels" if kernels else "int8 simulated"
     explanation = ""

@@ -246,6 +246,9 @@ def test_int8_pth_is_int8_and_matches_onnx(tmp_path, qat_model):
     assert all(raw[f"{n}.weight"].dtype == torch.int8 for n in convs)
     loaded = load_model(path)
     assert loaded.int8_backend == "onednn" and qat_model.int8_backend == "simulation"  # an INT8 file: oneDNN
+    plain = AetherNet(**qat_model.config, qat=True)
+    plain.load_state_dict(raw)  # the network's own load hook picks the backend, however it is loaded
+    assert plain.int8_backend == "onednn"
     x, _ = _sr_batch(n=1, size=24)
     with torch.no_grad():
         from_pth = loaded(x)

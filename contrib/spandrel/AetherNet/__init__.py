@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import torch
 from typing_extensions import override
 
 from spandrel.util import KeyCondition, get_scale_and_output_channels, get_seq_len
@@ -77,10 +76,6 @@ class AetherNetArch(Architecture[AetherNet]):
             qat=qat,
             int8_profile=int8_profile,
         )
-
-        # INT8 release files (int8 conv weights) run on torch's oneDNN int8 kernels on CPU
-        if state_dict["head.weight"].dtype == torch.int8:
-            model.int8_backend = "onednn"
 
         tags = [f"{dim}nf", f"{num_blocks}nb"]
         if qat:
