@@ -67,7 +67,7 @@ from aether_arch import (
 )
 from aether_bench_design import design_report
 from aether_bench_plots import write_plots
-from aether_bench_pth_int8 import add_pth_int8_parser
+from aether_bench_pth_int8 import add_pth_int8_parser, pth_int8_report
 from aether_bench_quality import measure_qat, measure_quality
 from aether_bench_report import (
     AETHER_INT8,
@@ -662,6 +662,11 @@ def run_design(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pth_int8(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    return pth_int8_report(args, measure_roofline(args).peak(ORT_INT8))
+
+
 def add_design_parser(commands: argparse._SubParsersAction) -> None:
     design = commands.add_parser("design", help="speed and quality of the candidate v2 bodies (the design study)")
     design.add_argument("--out", required=True, metavar="DIR", help="folder for design.md")
@@ -687,7 +692,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     readme.set_defaults(run=run_readme_table)
     add_compare_parser(commands)
     add_design_parser(commands)
-    add_pth_int8_parser(commands)
+    add_pth_int8_parser(commands, run_pth_int8)
     args = parser.parse_args(argv)
     if args.command == "compare":
         resolve_compare_options(args)
