@@ -98,6 +98,7 @@ from aether_bench_report import (
     square_label,
     write_report,
 )
+from aether_bench_zoo import add_zoo_parsers
 from aether_cli import InputError, OneLineErrorParser, markdown_table, run_cli, whole_number
 from aether_data import image_files
 from aether_measure import (
@@ -693,6 +694,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add_compare_parser(commands)
     add_design_parser(commands)
     add_pth_int8_parser(commands, run_pth_int8)
+    add_zoo_parsers(commands)
     args = parser.parse_args(argv)
     if args.command == "compare":
         resolve_compare_options(args)

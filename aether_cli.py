@@ -49,9 +49,15 @@ def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], in
     return parse
 
 
-def real_number(minimum: float, *, above: bool = False, below: float | None = None) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number >= ``minimum`` (> with ``above``), < ``below``."""
-    bounds = f"{'>' if above else '>='} {minimum:g}" + (f" and < {below:g}" if below is not None else "")
+def real_number(
+    minimum: float, *, above: bool = False, below: float | None = None, maximum: float | None = None
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number >= ``minimum`` (> with ``above``), < ``below``, <= ``maximum``."""
+    bounds = (
+        f"{'>' if above else '>='} {minimum:g}"
+        + (f" and < {below:g}" if below is not None else "")
+        + (f" and <= {maximum:g}" if maximum is not None else "")
+    )
 
     def parse(text: str) -> float:
         try:
@@ -63,6 +69,7 @@ def real_number(minimum: float, *, above: bool = False, below: float | None = No
             or value < minimum
             or (above and value == minimum)
             or (below is not None and value >= below)
+            or (maximum is not None and value > maximum)
         ):
             raise argparse.ArgumentTypeError(f"expected a finite number {bounds}, got {text[:40]}")
         return value

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from aether_arch import atomic_write
 from aether_cli import InputError
+from aether_degrade import downscale, protocol_lr
 
 # Decoded images are bounded before they are decoded: OpenCV refuses an image that declares
 # more pixels than this (its default, 2**30, lets a small PNG claim 6 GB of 16-bit RGB). OpenCV
@@ -156,12 +157,9 @@ def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
 
 
 def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The LR degradation used for training and for every quality figure: antialiased
-    bicubic downscaling (like MATLAB's imresize / PIL), NCHW with H, W divisible by scale."""
-    if scale == 1:
-        return hr
-    h, w = hr.shape[-2] // scale, hr.shape[-1] // scale
-    return F.interpolate(hr, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    """Antialiased bicubic downscaling (like MATLAB's imresize / PIL), NCHW with H, W divisible
+    by scale: the SR benchmark's degradation (protocol ``aa-bicubic``)."""
+    return downscale(hr, scale, "aa-bicubic")
 
 
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
@@ -171,11 +169,14 @@ def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
-def evaluation_pair(image: np.ndarray, scale: int) -> tuple[np.ndarray, torch.Tensor, float]:
+def evaluation_pair(
+    image: np.ndarray, scale: int, protocol: str = "aa-bicubic"
+) -> tuple[np.ndarray, torch.Tensor, float]:
     """How every quality figure is set up: (HR image cropped to a multiple of ``scale``, its
-    LR tensor by bicubic_downscale, PSNR of bicubic upscaling of that LR vs the HR)."""
+    LR tensor under the LR ``protocol`` (aether_degrade.PROTOCOLS), PSNR of bicubic upscaling
+    of that LR vs the HR)."""
     hr = mod_crop(image, scale)
-    lr = bicubic_downscale(to_tensor(hr), scale)
+    lr = protocol_lr(to_tensor(hr), scale, protocol)
     return hr, lr, psnr(to_image(bicubic_upscale(lr, scale)), hr, border=scale)
 
 

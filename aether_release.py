@@ -32,11 +32,14 @@ warning, because PTQ loses more quality than QAT fine-tuning.
 Validation: every artifact is loaded in its runtime (the .pth files with load_model in PyTorch,
 the .onnx files in ONNX Runtime on the CPU provider, and the CUDA provider when installed, the
 NCNN files in ncnn on the CPU) and
-upscales the bicubic-downscaled version of every validation image (on CPU the FP16 .pth runs
+upscales every validation image downscaled under each LR protocol of aether_degrade.PROTOCOLS
+(``aa-bicubic``: antialiased bicubic, the SR benchmark's; ``sharp``: plain cubic without
+antialiasing, as many cameras and phones downscale) (on CPU the FP16 .pth runs
 in float32 maths: CPU float16 convolutions are emulated and ~50x slower). Each output must have exactly
 scale x the input size, finite values in [0, 1], and a PSNR against the FP32 PyTorch output on the
 same input (fidelity) of at least FIDELITY_FLOOR_DB[precision]. Quality (PSNR against the
-original image) and bicubic's PSNR are reported next to it; latency is the median of
+original image) and bicubic's PSNR on the same LR are reported next to it, per protocol, with
+a warning when the FP32 model is worse than bicubic under either; latency is the median of
 a few runs on the first image.
 
 Atomicity: everything is written into a staging folder inside --output-dir. After validation,
@@ -122,6 +125,7 @@ from aether_data import (
     to_image,
     write_image,
 )
+from aether_degrade import PROTOCOLS
 from aether_ncnn import NCNN_INPUT_NAME, NCNN_OUTPUT_NAME, NcnnConversionError, convert_onnx, ncnn_runtime
 from aether_runtime import (
     FP16_IO_DTYPE,
@@ -147,6 +151,12 @@ NCNN_FORMAT = "ncnn"
 NCNN_SUFFIXES = (".param", ".bin")  # an NCNN artifact is two files: graph and weights
 NCNN_SOURCE = "model_fp32.onnx"  # what pnnx converts: the validated FP32 graph
 # Minimum PSNR of an artifact's output against the FP32 PyTorch output on the same input.
+FIRST_PROTOCOL = next(iter(PROTOCOLS))  # the SR benchmark's, whose figures stand alone
+WORSE_THAN_BICUBIC_HINTS = {
+    "aa-bicubic": "is the checkpoint trained?",
+    "sharp": "users who upscale sharp (non-antialiased) photos get a worse picture than bicubic; "
+    "train with aether_train.py --degradation robust (several downscaling kernels)",
+}
 # FP32 ONNX differs from PyTorch only by float reordering; FP16 keeps ~11 bits of mantissa;
 # INT8 is bounded by 8-bit activations (PTQ of a good model lands around 35-45 dB).
 FIDELITY_FLOOR_DB = {"fp32": 60.0, "fp16": 45.0, "int8": 30.0}
@@ -196,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="DIR",
         help="images every artifact must upscale correctly; each is mod-cropped, "
-        "bicubic-downscaled, upscaled and compared with the original",
+        "downscaled under each LR protocol (aa-bicubic, sharp), upscaled and compared with the original",
     )
     parser.add_argument(
         "--calibration-dir",
@@ -306,11 +316,14 @@ def format_size(size: int) -> str:
 
 @dataclass
 class ValidationImage:
+    """One validation image's LR under one protocol: each image file gives one per protocol."""
+
     name: str
     hr: np.ndarray  # (H, W, 3) float32 RGB, mod-cropped to a multiple of the scale
     lr: torch.Tensor  # (1, 3, H / scale, W / scale) float32 on the CPU: what every artifact upscales
     bicubic_psnr: float
     notes: list[str]
+    protocol: str  # the LR protocol (aether_degrade.PROTOCOLS) lr was made under
 
 
 def load_images(
@@ -321,7 +334,7 @@ def load_images(
     images: list[ValidationImage] = []
     skipped: list[str] = []
     for path in paths:
-        if limit is not None and len(images) >= limit:
+        if limit is not None and len(images) >= limit * len(PROTOCOLS):
             break
         try:
             image, notes = read_image(path)
@@ -334,17 +347,23 @@ def load_images(
                 f"(needs {MIN_LR_SIDE * scale} px a side)"
             )
             continue
-        hr, lr, bicubic = evaluation_pair(image, scale)
-        images.append(ValidationImage(path.name, hr, lr, bicubic, notes))
+        for protocol in PROTOCOLS:
+            hr, lr, bicubic = evaluation_pair(image, scale, protocol)
+            images.append(ValidationImage(path.name, hr, lr, bicubic, notes, protocol))
     folder = paths[0].parent
     if not images:
         raise InputError(f"{option} {str(folder)!r}: no usable images ({len(skipped)} skipped: {'; '.join(skipped)})")
     for reason in skipped:
         warn(f"{option}: skipped {reason}", warnings_seen)
     for image in images:
-        if image.notes:
+        if image.notes and image.protocol == FIRST_PROTOCOL:
             note(f"{image.name}: {', '.join(image.notes)}")
     return images
+
+
+def image_count(images: list[ValidationImage]) -> int:
+    """Image files, each counted once whatever the number of protocols."""
+    return len({image.name for image in images})
 
 
 def artifact_files(name: str) -> list[str]:
@@ -523,8 +542,12 @@ class RunResult:
         values = [r["fidelity_db"] for r in self.per_image if r["fidelity_db"] is not None]
         return min(values) if values else None
 
-    def mean_quality(self) -> float | None:
-        values = [r["quality_db"] for r in self.per_image if r["quality_db"] is not None]
+    def mean_quality(self, protocol: str = FIRST_PROTOCOL) -> float | None:
+        values = [r["quality_db"] for r in self.per_image if r["quality_db"] is not None and r["protocol"] == protocol]
+        return statistics.fmean(values) if values else None
+
+    def mean_bicubic(self, protocol: str = FIRST_PROTOCOL) -> float | None:
+        values = [r["bicubic_db"] for r in self.per_image if r["protocol"] == protocol]
         return statistics.fmean(values) if values else None
 
     def to_json(self) -> dict[str, Any]:
@@ -536,7 +559,9 @@ class RunResult:
             "latency_ms": json_number(self.latency_ms),
             "latency_runs": self.latency_runs,
             "worst_fidelity_db": json_number(self.worst_fidelity()),
-            "mean_quality_db": json_number(self.mean_quality()),
+            "mean_quality_db": json_number(self.mean_quality()),  # the benchmark protocol
+            "mean_quality_db_by_protocol": {p: json_number(self.mean_quality(p)) for p in PROTOCOLS},
+            "mean_bicubic_db_by_protocol": {p: json_number(self.mean_bicubic(p)) for p in PROTOCOLS},
             "images": [{k: json_number(v) if k.endswith("_db") else v for k, v in r.items()} for r in self.per_image],
         }
 
@@ -548,26 +573,27 @@ def check_output(
     expected = (1, 3, image.lr.shape[-2] * scale, image.lr.shape[-1] * scale)
     record = {
         "image": image.name,
+        "protocol": image.protocol,
         "output_shape": list(output.shape),
         "fidelity_db": None,
         "quality_db": None,
         "bicubic_db": image.bicubic_psnr,
     }
+    label = f"{image.name} ({image.protocol} LR)"
     if tuple(output.shape) != expected:
-        return record, [f"{image.name}: output shape {tuple(output.shape)}, expected {expected}"]
+        return record, [f"{label}: output shape {tuple(output.shape)}, expected {expected}"]
     if not np.isfinite(output).all():
-        return record, [f"{image.name}: output has NaN or infinite values"]
+        return record, [f"{label}: output has NaN or infinite values"]
     failures = []
     low, high = float(output.min()), float(output.max())
     if low < 0.0 or high > 1.0:
-        failures.append(f"{image.name}: output range [{low:.4g}, {high:.4g}] is outside [0, 1]")
+        failures.append(f"{label}: output range [{low:.4g}, {high:.4g}] is outside [0, 1]")
     result = to_image(output)
     record["fidelity_db"] = psnr(result, reference)
     record["quality_db"] = psnr(result, image.hr, border=scale)
     if record["fidelity_db"] < floor:
         failures.append(
-            f"{image.name}: PSNR vs the FP32 PyTorch output {record['fidelity_db']:.2f} dB is "
-            f"below the {floor:g} dB floor"
+            f"{label}: PSNR vs the FP32 PyTorch output {record['fidelity_db']:.2f} dB is below the {floor:g} dB floor"
         )
     return record, failures
 
@@ -706,22 +732,28 @@ def comparison_image(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     return np.hstack([part for column in columns for part in (column, gutter)][:-1])
 
 
-SUMMARY_HEADER = ["artifact", "runtime", "size", "fidelity dB (floor)", "PSNR dB", "bicubic dB", "latency ms", "result"]
+SUMMARY_HEADER = [
+    "artifact",
+    "runtime",
+    "size",
+    "fidelity dB (floor)",
+    *(f"PSNR dB, {protocol} LR (bicubic)" for protocol in PROTOCOLS),
+    "latency ms",
+    "result",
+]
 
 
 def summary_rows(results: list[ArtifactResult]) -> list[list[str]]:
     rows = []
     for artifact in results:
         for run in artifact.runs:
-            bicubic = statistics.fmean(r["bicubic_db"] for r in run.per_image) if run.per_image else None
             rows.append(
                 [
                     artifact.name,
                     run.runtime,
                     format_size(artifact.size),
                     f"{format_db(run.worst_fidelity())} (>= {FIDELITY_FLOOR_DB[artifact.precision]:g})",
-                    format_db(run.mean_quality()),
-                    format_db(bicubic),
+                    *(f"{format_db(run.mean_quality(p))} ({format_db(run.mean_bicubic(p))})" for p in PROTOCOLS),
                     "-" if run.latency_ms is None else f"{run.latency_ms:.1f}",
                     "ok" if run.passed else "FAILED",
                 ]
@@ -760,10 +792,12 @@ def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> st
         f"* INT8: {int8_line}",
         f"* FP16 ONNX input/output type: {report['fp16_onnx_io_dtype']}",
         ncnn_line(report["ncnn"]),
-        f"* Validation: {len(report['images'])} image(s) from `{report['validation_dir']}`. Each is "
-        "mod-cropped, bicubic-downscaled and upscaled by every artifact; fidelity = worst PSNR "
-        "against the FP32 PyTorch output on the same input, PSNR = mean against the original "
-        "(border = scale); latency = median on the first image.",
+        f"* Validation: {len({i['name'] for i in report['images']})} image(s) from `{report['validation_dir']}`. "
+        "Each is mod-cropped, downscaled under each LR protocol (aa-bicubic: antialiased bicubic, the SR "
+        "benchmark's; sharp: cubic without antialiasing, as many cameras and phones downscale) and upscaled "
+        "by every artifact; fidelity = worst PSNR against the FP32 PyTorch output on the same input, "
+        "PSNR = mean against the original (border = scale), next to bicubic upscaling of the same LR; "
+        "latency = median on the first image.",
         "",
         "## Artifacts",
         "",
@@ -783,12 +817,13 @@ def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> st
         "## Per image",
         "",
         markdown_table(
-            ["artifact", "runtime", "image", "fidelity dB", "PSNR dB", "bicubic dB"],
+            ["artifact", "runtime", "image", "LR protocol", "fidelity dB", "PSNR dB", "bicubic dB"],
             [
                 [
                     artifact.name,
                     run.runtime,
                     r["image"],
+                    r["protocol"],
                     format_db(r["fidelity_db"]),
                     format_db(r["quality_db"]),
                     format_db(r["bicubic_db"]),
@@ -902,9 +937,9 @@ def check_inputs(args: argparse.Namespace, timings: Timings, warnings_seen: list
             calibration_images = load_images(
                 calibration_paths, "--calibration-dir", config["scale"], args.max_images, warnings_seen
             )
-            origin = f"{len(calibration_images)} image(s) from {args.calibration_dir}"
+            origin = f"{image_count(calibration_images)} image(s) from {args.calibration_dir}"
         else:
-            calibration_images, origin = images, f"the {len(images)} validation image(s)"
+            calibration_images, origin = images, f"the {image_count(images)} validation image(s)"
     return Inputs(
         output_dir, device, source, config, source_metadata, source_sha256, images, calibration_images, origin
     )
@@ -1077,6 +1112,7 @@ def build_report(
                 "name": image.name,
                 "hr_size": [image.hr.shape[1], image.hr.shape[0]],
                 "lr_size": [image.lr.shape[-1], image.lr.shape[-2]],
+                "protocol": image.protocol,
                 "bicubic_db": json_number(image.bicubic_psnr),
                 "notes": image.notes,
             }
@@ -1174,14 +1210,15 @@ def release(args: argparse.Namespace) -> int:
         )
         by_name = {artifact.name: artifact for artifact in results}
 
-        fp32_quality = by_name["model_fp32.onnx"].runs[0].mean_quality()
-        bicubic = statistics.fmean(image.bicubic_psnr for image in inputs.images)
-        if fp32_quality is not None and fp32_quality < bicubic:
-            warn(
-                f"the FP32 model ({fp32_quality:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on "
-                "the validation images: is the checkpoint trained?",
-                warnings_seen,
-            )
+        fp32_run = by_name["model_fp32.onnx"].runs[0]
+        for protocol, hint in WORSE_THAN_BICUBIC_HINTS.items():
+            quality, bicubic = fp32_run.mean_quality(protocol), fp32_run.mean_bicubic(protocol)
+            if quality is not None and bicubic is not None and quality < bicubic:
+                warn(
+                    f"the FP32 model ({quality:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on "
+                    f"the validation images with {protocol} LR: {hint}",
+                    warnings_seen,
+                )
         panels = comparison_panels(inputs.images[0], references[0], by_name, scale)
         write_image(staging / COMPARISON_PNG, comparison_image(panels))
 

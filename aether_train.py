@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 import aether_arch
 from aether_cli import SEED, InputError, OneLineErrorParser, one_line, real_number, run_cli, thread_count, whole_number
+from aether_degrade import KERNELS, RECIPES
 from aether_training import (
     CHARBONNIER_EPS,
     AetherNetPolicy,
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The options; their names and defaults are TrainingOptions' (--lr-patch is lr_patch)."""
     parser = OneLineErrorParser(
         prog="aether_train.py",
-        description="Train AetherNet on folders of HR images (LR made by bicubic downscaling).",
+        description="Train AetherNet on folders of HR images (LR made on the fly by a degradation recipe).",
         formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -81,6 +82,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--batch-size", type=whole_number(1), default=DEFAULTS.batch_size, help="patches per step, per process"
+    )
+
+    degrade = parser.add_argument_group(
+        "degradation (how each LR patch is made; the options below override one field of the recipe)"
+    )
+    degrade.add_argument(
+        "--degradation",
+        choices=sorted(RECIPES),
+        default=DEFAULTS.degradation,
+        help="recipe: robust = a mix of kernels with mild blur, noise and JPEG (for models users run "
+        "on real photos); bicubic = antialiased bicubic only (the SR benchmark protocol)",
+    )
+    degrade.add_argument(
+        "--kernels",
+        metavar="KERNEL:P,...",
+        help=f"downscaling kernels with probabilities summing to 1, from {', '.join(KERNELS)} (default: the recipe's)",
+    )
+    degrade.add_argument(
+        "--blur-prob", type=real_number(0, maximum=1), help="probability of a Gaussian blur before downscaling"
+    )
+    degrade.add_argument(
+        "--blur-sigma",
+        type=real_number(0, above=True),
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="blur sigma range (HR pixels)",
+    )
+    degrade.add_argument("--noise-prob", type=real_number(0, maximum=1), help="probability of Gaussian noise on the LR")
+    degrade.add_argument(
+        "--noise-sigma", type=real_number(0), nargs=2, metavar=("LO", "HI"), help="noise sigma range (8-bit levels)"
+    )
+    degrade.add_argument("--jpeg-prob", type=real_number(0, maximum=1), help="probability of JPEG-compressing the LR")
+    degrade.add_argument(
+        "--jpeg-quality",
+        type=whole_number(1, 100),
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="JPEG quality range (inclusive)",
     )
 
     model = parser.add_argument_group("model")
@@ -145,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=real_number(0),
         default=DEFAULTS.weight_decay,
         help="AdamW decoupled weight decay (applies to every parameter)",
+    )
+    optim.add_argument(
+        "--beta2", type=real_number(0, below=1), default=DEFAULTS.beta2, help="AdamW's second-moment decay"
     )
     optim.add_argument(
         "--grad-clip",

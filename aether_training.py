@@ -4,9 +4,12 @@
 
 * Data: every training image is decoded once (``aether_data.read_image``) and held in memory;
   each step draws random HR crops of ``lr_patch * scale`` pixels with random flips and 90
-  degree rotations, and makes the LR input on the fly with ``aether_data.bicubic_downscale``,
-  the same degradation the release script's quality check uses. Patch sampling has its own
-  ``torch.Generator`` (seeded ``seed + rank``), so it is reproducible and resumable.
+  degree rotations, and makes the LR input on the fly with a degradation recipe
+  (``aether_degrade.RECIPES``: ``robust`` by default, ``bicubic`` for the benchmark protocol
+  alone). Patch sampling and the degradation's random draws share one ``torch.Generator``
+  (seeded ``seed + rank``, saved in the training state), so both are reproducible and resumable.
+  Validation reports PSNR under every protocol of ``aether_degrade.PROTOCOLS``, each next to
+  bicubic's on the same LR.
 * Optimisation: L1 or Charbonnier loss, AdamW, linear warmup then cosine decay to ``min_lr``,
   optional gradient clipping, and an EMA of the weights; validation and ``params_ema`` use the
   EMA model. An AetherNet can switch to its quantization-aware form mid-run (``qat_after``).
@@ -44,7 +47,6 @@ import aether_arch
 from aether_cli import InputError, one_line, prepare_output_dir
 from aether_data import (
     ImageReadError,
-    bicubic_downscale,
     evaluation_pair,
     image_files,
     psnr,
@@ -52,6 +54,7 @@ from aether_data import (
     to_image,
     to_tensor,
 )
+from aether_degrade import PROTOCOLS, RECIPES, Recipe, parse_kernels
 
 TRAINING_STATE_FORMAT = "aether_train_state/1"
 TRAINING_STATE_NAME = "training_state.pth"
@@ -62,6 +65,8 @@ CHARBONNIER_EPS = 1e-3
 QAT_LR_FACTOR = 1 / 40
 # Options that fix the network or the phase layout: a saved state only fits a run with the same.
 STRUCTURAL_OPTIONS = ("preset", "scale", "num_blocks", "qat", "qat_after")
+# Options that override one field of the degradation recipe (None: the recipe's value).
+RECIPE_OVERRIDES = ("kernels", "blur_prob", "blur_sigma", "noise_prob", "noise_sigma", "jpeg_prob", "jpeg_quality")
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,6 +90,14 @@ class TrainingOptions:
     val_dir: str | None = None
     lr_patch: int = 48
     batch_size: int = 16
+    degradation: str = "robust"  # a name in aether_degrade.RECIPES; the fields below override it
+    kernels: str | None = None  # "KERNEL:P,KERNEL:P,..."
+    blur_prob: float | None = None
+    blur_sigma: list[float] | None = None
+    noise_prob: float | None = None
+    noise_sigma: list[float] | None = None
+    jpeg_prob: float | None = None
+    jpeg_quality: list[int] | None = None
     preset: str | None = None  # the AetherNet preset trained (for the record); None for other networks
     scale: int = 2
     num_blocks: int | None = None
@@ -97,6 +110,7 @@ class TrainingOptions:
     min_lr: float = 1e-6
     warmup: int = 0
     weight_decay: float = 0.0
+    beta2: float = 0.999  # AdamW's second-moment decay (traiNNer-redux's templates use 0.99)
     grad_clip: float = 0.0
     ema_decay: float = 0.999
     freeze_norm_frac: float = 0.1
@@ -132,7 +146,24 @@ class TrainingOptions:
             raise InputError(f"--stop-at must be between 1 and --steps ({self.steps}), got {self.stop_at}")
         if self.out_dir is None and self.resume is None:
             raise InputError("--out-dir is required (unless --resume gives the run's folder)")
+        self.recipe()
         return self
+
+    def recipe(self) -> Recipe:
+        """The degradation recipe: ``degradation`` with the overrides given; InputError (naming
+        the options) if they do not make one."""
+        if self.degradation not in RECIPES:
+            raise InputError(f"--degradation {self.degradation!r}: choose from {', '.join(RECIPES)}")
+        try:
+            overrides = {name: getattr(self, name) for name in RECIPE_OVERRIDES if getattr(self, name) is not None}
+            if "kernels" in overrides:
+                overrides["kernels"] = parse_kernels(overrides["kernels"])
+            for name in ("blur_sigma", "noise_sigma", "jpeg_quality"):
+                if name in overrides:
+                    overrides[name] = tuple(overrides[name])
+            return dataclasses.replace(RECIPES[self.degradation], **overrides)
+        except ValueError as exc:
+            raise InputError(f"--degradation {self.degradation} with the options given: {exc}") from None
 
     def flags(self) -> list[str]:
         """The aether_train.py options that give these options (those that differ from the
@@ -209,7 +240,9 @@ def _read(path: Path, notes: list[str]) -> tuple[np.ndarray | None, list[str]]:
 
 
 def load_training_images(folders: Sequence[str], hr_patch: int, notes: list[str]) -> list[torch.Tensor]:
-    """Every readable training image big enough for one HR crop, as a (3, H, W) float32 tensor."""
+    """Every readable training image big enough for one HR crop, as a (3, H, W) tensor: uint8
+    for 8-bit files (a quarter of float32's memory: a folder of 4K wallpapers fits), float32 in
+    [0, 1] for 16-bit ones."""
     images, too_small, largest = [], [], (0, 0)
     for folder in folders:
         for path in image_files(folder, "--train-dir"):
@@ -223,7 +256,9 @@ def load_training_images(folders: Sequence[str], hr_patch: int, notes: list[str]
             if height < hr_patch or width < hr_patch:
                 too_small.append(path.name)
                 continue
-            images.append(to_tensor(image)[0])
+            tensor = to_tensor(image)[0]
+            # k / 255 in float32 back to k exactly; PatchSampler divides again, giving the same floats
+            images.append(tensor if "16-bit" in conversions else (tensor * 255).round_().to(torch.uint8))
     if not images and not too_small:
         raise InputError(f"--train-dir: no readable images ({'; '.join(notes)})")
     if not images:
@@ -241,8 +276,8 @@ def load_training_images(folders: Sequence[str], hr_patch: int, notes: list[str]
 class ValidationImage:
     name: str
     hr: np.ndarray  # (H, W, 3), mod-cropped to the scale
-    lr: torch.Tensor  # (1, 3, H / scale, W / scale), on the training device
-    bicubic_psnr: float  # the baseline does not change during training: computed once
+    lr: dict[str, torch.Tensor]  # protocol -> (1, 3, H / scale, W / scale), on the training device
+    bicubic_psnr: dict[str, float]  # protocol -> the baseline, which does not change: computed once
 
 
 def load_validation_images(folder: str, scale: int, device: torch.device, notes: list[str]) -> list[ValidationImage]:
@@ -251,10 +286,12 @@ def load_validation_images(folder: str, scale: int, device: torch.device, notes:
         image, _ = _read(path, notes)
         if image is None:
             continue
-        hr, lr, bicubic = evaluation_pair(image, scale)
+        pairs = {protocol: evaluation_pair(image, scale, protocol) for protocol in PROTOCOLS}
+        hr = next(iter(pairs.values()))[0]
         if min(hr.shape[:2]) <= 2 * scale:  # PSNR ignores a border of `scale` pixels
             raise InputError(f"validation image {str(path)!r} is too small for x{scale} ({hr.shape[1]}x{hr.shape[0]})")
-        images.append(ValidationImage(path.name, hr, lr.to(device), bicubic))
+        lrs = {protocol: lr.to(device) for protocol, (_, lr, _) in pairs.items()}
+        images.append(ValidationImage(path.name, hr, lrs, {p: bicubic for p, (_, _, bicubic) in pairs.items()}))
     if not images:
         raise InputError(f"--val-dir {folder!r}: no readable images ({'; '.join(notes)})")
     return images
@@ -280,6 +317,8 @@ class PatchSampler:
             top = int(y * (image.shape[1] - size + 1))
             left = int(x * (image.shape[2] - size + 1))
             patch = image[:, top : top + size, left : left + size]
+            if patch.dtype == torch.uint8:
+                patch = patch.float() / 255
             if flip_h:
                 patch = patch.flip(-1)
             if flip_v:
@@ -423,7 +462,9 @@ def current_phase(options: TrainingOptions, qat: bool) -> Phase:
 def make_optimizer(
     model: nn.Module, phase: Phase, options: TrainingOptions
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=phase.lr, weight_decay=options.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=phase.lr, betas=(0.9, options.beta2), weight_decay=options.weight_decay
+    )
     steps = phase.end_step - phase.first_step
     floor = options.min_lr / phase.lr
 
@@ -471,15 +512,19 @@ def wrap_for_training(model: nn.Module, processes: Processes) -> nn.Module:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, images: list[ValidationImage], scale: int) -> dict[str, Any]:
-    """Mean RGB PSNR (8-bit, border = scale) of the model and of bicubic upscaling."""
-    per_image = {}
-    for image in images:
-        sr = model(image.lr)
-        per_image[image.name] = (psnr(to_image(sr), image.hr, border=scale), image.bicubic_psnr)
-    model_mean = sum(m for m, _ in per_image.values()) / len(per_image)
-    bicubic_mean = sum(b for _, b in per_image.values()) / len(per_image)
-    return {"psnr": model_mean, "bicubic_psnr": bicubic_mean, "per_image": per_image}
+def validate(model: nn.Module, images: list[ValidationImage], scale: int) -> dict[str, dict[str, Any]]:
+    """Per LR protocol: mean RGB PSNR (8-bit, border = scale) of the model and of bicubic
+    upscaling of the same LR, and both per image."""
+    results = {}
+    for protocol in PROTOCOLS:
+        per_image = {}
+        for image in images:
+            sr = model(image.lr[protocol])
+            per_image[image.name] = (psnr(to_image(sr), image.hr, border=scale), image.bicubic_psnr[protocol])
+        model_mean = sum(m for m, _ in per_image.values()) / len(per_image)
+        bicubic_mean = sum(b for _, b in per_image.values()) / len(per_image)
+        results[protocol] = {"psnr": model_mean, "bicubic_psnr": bicubic_mean, "per_image": per_image}
+    return results
 
 
 # ---------------------------------------------------------------------------------------
@@ -574,6 +619,10 @@ def read_training_state(location: str) -> tuple[dict[str, Any], Path]:
 def check_resumable(state: dict[str, Any], options: TrainingOptions, notes: list[str]) -> None:
     """Refuse a state that cannot continue under these options; note options that changed."""
     saved = json.loads(state["config"])
+    saved.setdefault("degradation", "bicubic")  # states from before the recipes trained on bicubic alone
+    for option in dataclasses.fields(TrainingOptions):  # options added since: they had today's default
+        if option.default is not dataclasses.MISSING:
+            saved.setdefault(option.name, option.default)
     for name in STRUCTURAL_OPTIONS:
         if saved.get(name) != getattr(options, name):
             raise InputError(
@@ -650,6 +699,7 @@ class Trainer:
         self.device = processes.device
         self.training_command = command
         self.hr_patch = options.lr_patch * options.scale
+        self.recipe = options.recipe()
         notes: list[str] = []
 
         # Everything that can reject the input happens before anything is written.
@@ -713,6 +763,7 @@ class Trainer:
         options = self.options
         self.log(f"command: {self.training_command}")
         self.log("config: " + json.dumps(dataclasses.asdict(options), sort_keys=True))
+        self.log(f"degradation: {options.degradation} recipe, " + json.dumps(self.recipe.as_dict(), sort_keys=True))
         self.log(
             f"model: {self.policy.describe(self.model)}, {sum(p.numel() for p in self.model.parameters()):,} parameters"
         )
@@ -767,7 +818,7 @@ class Trainer:
             )
         set_training_mode(self.model, freeze_norm)
         hr_batch = self.sampler.sample(options.batch_size).to(self.device)
-        lr_batch = bicubic_downscale(hr_batch, options.scale)
+        lr_batch = self.recipe.apply(hr_batch, options.scale, self.sampler.generator)
         if self.policy.needs_ranges(self.model):
             initialise_quantizer_ranges(self.model, lr_batch)
             self.train_model = None
@@ -792,14 +843,15 @@ class Trainer:
     def run_validation(self) -> None:
         if not self.val_images or not self.processes.is_main:
             return
-        result = validate(self.ema.module, self.val_images, self.options.scale)
-        self.last_validation = result
-        images = ", ".join(f"{name} {m:.2f}/{b:.2f}" for name, (m, b) in result["per_image"].items())
-        self.log(
-            f"step {self.step}: validation PSNR (EMA model) {result['psnr']:.3f} dB, bicubic "
-            f"{result['bicubic_psnr']:.3f} dB, gain {result['psnr'] - result['bicubic_psnr']:+.3f} dB "
-            f"[{images}]"
-        )
+        results = validate(self.ema.module, self.val_images, self.options.scale)
+        self.last_validation = results
+        for protocol, result in results.items():
+            images = ", ".join(f"{name} {m:.2f}/{b:.2f}" for name, (m, b) in result["per_image"].items())
+            self.log(
+                f"step {self.step}: validation PSNR (EMA model, {protocol} LR) {result['psnr']:.3f} dB, bicubic "
+                f"{result['bicubic_psnr']:.3f} dB, gain {result['psnr'] - result['bicubic_psnr']:+.3f} dB "
+                f"[{images}]"
+            )
 
     def check_finite(self, loss: torch.Tensor | None = None) -> None:
         """Stop before a NaN or infinite loss or weight reaches a checkpoint (every rank holds
@@ -828,11 +880,17 @@ class Trainer:
             "step": self.step,
             "training_command": self.training_command,
             "world_size": self.processes.world_size,
-            "degradation": "aether_data.bicubic_downscale",
+            "degradation": {"recipe": self.options.degradation, **self.recipe.as_dict()},
         }
         if self.last_validation is not None:
-            extra["val_psnr"] = round(self.last_validation["psnr"], 4)
-            extra["val_bicubic_psnr"] = round(self.last_validation["bicubic_psnr"], 4)
+            # val_psnr / val_bicubic_psnr: the benchmark protocol, under the names neosr and
+            # traiNNer-redux users read; "validation" has every protocol
+            extra["val_psnr"] = round(self.last_validation["aa-bicubic"]["psnr"], 4)
+            extra["val_bicubic_psnr"] = round(self.last_validation["aa-bicubic"]["bicubic_psnr"], 4)
+            extra["validation"] = {
+                protocol: {"psnr": round(r["psnr"], 4), "bicubic_psnr": round(r["bicubic_psnr"], 4)}
+                for protocol, r in self.last_validation.items()
+            }
         weights = {
             "params": plain_state_dict(self.model),
             "params_ema": plain_state_dict(self.ema.module),

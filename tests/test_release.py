@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -148,14 +149,30 @@ def test_release_writes_every_artifact_reports_and_comparison(float_release):
             assert file["size_bytes"] == len(data) and file["sha256"] == hashlib.sha256(data).hexdigest()
         assert artifact["size_bytes"] == artifact["files"][0]["size_bytes"]
         (run,) = artifact["runs"]  # CPU only here: one runtime per artifact
-        assert run["passed"] and run["latency_ms"] > 0 and len(run["images"]) == 3
+        assert run["passed"] and run["latency_ms"] > 0 and len(run["images"]) == 6  # 3 images x 2 protocols
         for image in run["images"]:
             assert image["output_shape"] == [1, 3, 24, 32]
             assert image["fidelity_db"] == "inf" or image["fidelity_db"] >= artifact["fidelity_floor_db"]
-    assert [i["name"] for i in report["images"]] == ["grey16.png", "rgb.png", "rgba.png"]
+        # the quality under each protocol is the mean of its own images, next to bicubic's on the same LR
+        for protocol in ("aa-bicubic", "sharp"):
+            mine = [i for i in run["images"] if i["protocol"] == protocol]
+            assert len(mine) == 3
+            assert run["mean_quality_db_by_protocol"][protocol] == pytest.approx(
+                statistics.fmean(i["quality_db"] for i in mine), abs=2e-3
+            )
+            assert run["mean_bicubic_db_by_protocol"][protocol] == pytest.approx(
+                statistics.fmean(i["bicubic_db"] for i in mine), abs=2e-3
+            )
+        assert run["mean_quality_db"] == run["mean_quality_db_by_protocol"]["aa-bicubic"]
+        by_protocol = run["mean_bicubic_db_by_protocol"]
+        assert by_protocol["aa-bicubic"] != by_protocol["sharp"]  # the two protocols' LR differ
+    assert [(i["name"], i["protocol"]) for i in report["images"]] == [
+        (name, protocol) for name in ("grey16.png", "rgb.png", "rgba.png") for protocol in ("aa-bicubic", "sharp")
+    ]
     assert "total" in report["timings_s"]
     markdown = (out / "release_report.md").read_text()
     assert all(name in markdown for name in ARTIFACTS + NCNN_FILES) and "## Timings" in markdown
+    assert "PSNR dB, aa-bicubic LR (bicubic)" in markdown and "PSNR dB, sharp LR (bicubic)" in markdown
     assert "input blob `data`, output blob `output`" in markdown
     comparison, _ = read_image(out / "comparison.png")
     assert comparison.shape[1] > 3 * comparison.shape[0]  # bicubic | FP32 | INT8 | original
@@ -394,7 +411,7 @@ def test_skip_flags_leave_out_and_remove_those_artifacts(tmp_path, float_release
     assert "removed model_int8.pth" in stderr and "PTQ" not in stderr
     assert "removed model_fp32.ncnn.param, model_fp32.ncnn.bin" in stderr
     report = json.loads((out / "release_report.json").read_text())
-    assert len(report["artifacts"]) == 2 and [i["name"] for i in report["images"]] == ["grey16.png"]
+    assert len(report["artifacts"]) == 2 and [i["name"] for i in report["images"]] == ["grey16.png"] * 2  # 2 protocols
     assert report["ncnn"]["skipped"] == "NCNN artifact skipped: --skip-ncnn"
 
 

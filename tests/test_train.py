@@ -60,6 +60,9 @@ def test_run_writes_loadable_checkpoints(float_run):
     assert metadata["step"] == 6 and metadata["architecture"] == "AetherNet"
     assert metadata["training_command"].startswith("aether_train.py --preset aether_tiny")
     assert "val_psnr" in metadata and "val_bicubic_psnr" in metadata
+    assert set(metadata["validation"]) == {"aa-bicubic", "sharp"}
+    assert metadata["validation"]["aa-bicubic"]["psnr"] == metadata["val_psnr"]
+    assert metadata["degradation"]["recipe"] == "robust" and len(metadata["degradation"]["kernels"]) == 7
     for state_dict in (checkpoint["params"], checkpoint["params_ema"]):
         assert all(t.is_contiguous() and t.device.type == "cpu" for t in state_dict.values())
         assert not any(k.startswith("module.") for k in state_dict)
@@ -85,13 +88,17 @@ def test_log_has_config_loss_validation_and_wall_time(float_run):
     log = (float_run / "train.log").read_text()
     assert "config: {" in log and "loss " in log and "wall time" in log
     validations = [line for line in log.splitlines() if "validation PSNR" in line]
-    assert len(validations) == 2  # at steps 3 and 6
-    assert "bicubic" in validations[-1] and "gain" in validations[-1]
+    assert len(validations) == 4  # at steps 3 and 6, under both LR protocols
+    assert "aa-bicubic LR" in validations[-2] and "sharp LR" in validations[-1]
+    assert all("bicubic" in line and "gain" in line for line in validations)
+    assert "degradation: robust recipe" in log
 
 
 def test_resume_is_bit_exact_across_the_qat_switch(data, tmp_path):
-    # float steps 1-5 (BatchNorm frozen from step 3), QAT steps 6-8; the split run stops at 3
+    # float steps 1-5 (BatchNorm frozen from step 3), QAT steps 6-8; the split run stops at 3.
+    # The robust recipe with every random step likely: the degradation's draws resume too.
     common = ["--steps", "8", "--qat-after", "5", "--freeze-norm-frac", "0.4", "--val-every", "2", "--log-every", "2"]
+    common += ["--jpeg-prob", "0.5", "--noise-prob", "0.5", "--blur-prob", "0.5"]
     whole = _train(data, tmp_path / "whole", *common, "--save-every", "4")
     split = _train(data, tmp_path / "split", *common, "--stop-at", "3")
     assert _weights(split / "training_state.pth")["step"] == 3
@@ -137,7 +144,9 @@ def test_qat_fine_tuning_from_a_float_checkpoint(data, float_run, tmp_path):
     # unset scale 1.0 would leave them far too coarse) ...
     ema, raw = checkpoint["params_ema"], checkpoint["params"]
     scales = [k for k in ema if k.endswith("_q.scale")]
-    assert scales and all(0.9 < float(ema[k] / raw[k]) < 1.1 for k in scales)
+    # (averaged with 1.0 they would be many times the learned ones; LSQ moves a few by ~30 % in
+    # 3 steps of this barely trained net)
+    assert scales and all(0.5 < float(ema[k] / raw[k]) < 2 for k in scales)
     # ... and validation ran the EMA model as saved, quantizers active
     assert json.loads(checkpoint["metadata"])["val_psnr"] == pytest.approx(_mean_psnr(model, data["val"]), abs=1e-3)
 
@@ -172,6 +181,9 @@ def _error_line(capsys):
         ("negative_warmup", "--warmup: expected a whole number >= 0, got -5"),
         ("missing_resume_state", "--resume"),
         ("resume_with_another_scale", "the saved run used --scale 2, this one 3"),
+        ("kernel_probabilities", "--degradation robust with the options given: kernel probabilities sum to 0.9, not 1"),
+        ("unknown_kernel", "unknown kernel 'bilinear'"),
+        ("jpeg_quality", "--jpeg-quality: expected a whole number in 1..100, got 101"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, tmp_path, capsys):
@@ -198,6 +210,12 @@ def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, 
         extra = ["--resume", str(tmp_path / "no_run")]
     elif case == "resume_with_another_scale":
         extra = ["--scale", "3", "--resume", str(float_run), "--steps", "10"]
+    elif case == "kernel_probabilities":
+        extra = ["--kernels", "cubic:0.5,area:0.4"]
+    elif case == "unknown_kernel":
+        extra = ["--degradation", "bicubic", "--kernels", "bilinear:1"]
+    elif case == "jpeg_quality":
+        extra = ["--jpeg-quality", "80", "101"]
     argv = [*TINY, "--train-dir", train, "--out-dir", str(tmp_path / "out"), "--steps", "2", *extra]
     assert aether_train.main(argv) == 2
     assert expected in _error_line(capsys)
