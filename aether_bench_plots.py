@@ -48,7 +48,7 @@ def _plain_log_ticks(*axes_list: Any) -> None:
         axis.set_minor_formatter(minor(axis))
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_plot(figure: Figure, path: Path) -> None:
     with atomic_write(path) as tmp:
         figure.savefig(tmp, format="png")
 
@@ -56,28 +56,38 @@ def _save(figure: Figure, path: Path) -> None:
 def speed_quality_plot(quality: QualityResult) -> Figure:
     figure = Figure(figsize=(10, 6.4), dpi=100, layout="constrained")
     axes = figure.add_subplot()
-    for row in quality.rows:
-        axes.scatter(row.int8_latency.median, row.psnr_int8, color=family_color(row.model), s=50)
+    # filled: the benchmark protocol (antialiased bicubic LR); hollow: sharp LR, when measured
+    protocols = [("", "psnr_int8", quality.bicubic_psnr, True)]
+    if quality.bicubic_psnr_sharp is not None:
+        protocols = [("aa-bicubic", "psnr_int8", quality.bicubic_psnr, True)]
+        protocols.append(("sharp", "psnr_int8_sharp", quality.bicubic_psnr_sharp, False))
+    for label, field, bicubic, filled in protocols:
+        for row in quality.rows:
+            value, color = getattr(row, field), family_color(row.model)
+            if value is None:
+                continue
+            axes.scatter(row.int8_latency.median, value, s=50, color=color if filled else "none", edgecolors=color)
+            axes.annotate(
+                f"{row.model} INT8{', ' + label if label else ''}",
+                (row.int8_latency.median, value),
+                textcoords="offset points",
+                xytext=(7, 5),
+                color=color,
+            )
+        axes.axhline(bicubic, color="grey", linewidth=1.5, linestyle="-" if filled else ":")
         axes.annotate(
-            f"{row.model} INT8",
-            (row.int8_latency.median, row.psnr_int8),
+            f"bicubic{', ' + label if label else ''}",
+            (1, bicubic),
+            xycoords=("axes fraction", "data"),
             textcoords="offset points",
-            xytext=(7, 5),
-            color=family_color(row.model),
+            xytext=(-90, 5),
+            color="grey",
         )
-    axes.axhline(quality.bicubic_psnr, color="grey", linewidth=1.5)
-    axes.annotate(
-        "bicubic",
-        (1, quality.bicubic_psnr),
-        xycoords=("axes fraction", "data"),
-        textcoords="offset points",
-        xytext=(-50, 5),
-        color="grey",
-    )
     axes.set_xscale("log")
     axes.margins(x=0.15)
     _plain_log_ticks(axes.xaxis)
-    axes.set_title(f"Quality at equal training budget ({quality.steps} steps, ×{quality.scale}) vs INT8 speed")
+    budget = f"{quality.steps} steps" if not any(row.steps for row in quality.rows) else "equal wall-clock"
+    axes.set_title(f"Quality at equal training budget ({budget}, ×{quality.scale}) vs INT8 speed")
     axes.set_xlabel(f"ORT INT8 latency, ms (1×3×{quality.input_size}×{quality.input_size}, log scale)")
     axes.set_ylabel("PSNR on held-out images, dB")
     axes.grid(True, which="both", color="0.9")
@@ -121,9 +131,9 @@ def latency_macs_plot(results: CompareResults, scale: int) -> Figure:
 def write_plots(results: CompareResults, out_dir: Path) -> list[Path]:
     written = []
     if results.quality is not None and results.quality.rows:
-        _save(speed_quality_plot(results.quality), out_dir / SPEED_QUALITY_PNG)
+        save_plot(speed_quality_plot(results.quality), out_dir / SPEED_QUALITY_PNG)
         written.append(out_dir / SPEED_QUALITY_PNG)
     if results.speed:
-        _save(latency_macs_plot(results, max(row.scale for row in results.speed)), out_dir / LATENCY_MACS_PNG)
+        save_plot(latency_macs_plot(results, max(row.scale for row in results.speed)), out_dir / LATENCY_MACS_PNG)
         written.append(out_dir / LATENCY_MACS_PNG)
     return written

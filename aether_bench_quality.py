@@ -47,12 +47,12 @@ QAT_SHARE = 0.2  # aether_tiny's last fifth of the training budget is QAT
 # ---------------------------------------------------------------------------------------
 
 
-def held_out_pairs(folder: str, scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, LR batch, HR image) for every image: HR cropped to a multiple of scale, LR by the
-    project's bicubic degradation (the one training and the release quality check use)."""
+def held_out_pairs(folder: str, scale: int, protocol: str = "aa-bicubic") -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, LR batch, HR image) for every image: HR cropped to a multiple of scale, LR under
+    the LR ``protocol`` (aether_degrade.PROTOCOLS; by default the SR benchmark's)."""
     pairs = []
     for path in list_images(folder):
-        hr, lr, _ = evaluation_pair(read_image(path)[0], scale)
+        hr, lr, _ = evaluation_pair(read_image(path)[0], scale, protocol)
         pairs.append((path.name, lr.numpy(), hr))
     return pairs
 
@@ -143,7 +143,7 @@ def train_and_export(name: str, args: argparse.Namespace, run_dir: Path) -> tupl
 
 def measure_quality(args: argparse.Namespace, out_dir: Path) -> QualityResult:
     scale = args.quality_scale
-    pairs = held_out_pairs(args.val_dir, scale)
+    pairs, sharp = held_out_pairs(args.val_dir, scale), held_out_pairs(args.val_dir, scale, "sharp")
     bicubic = statistics.fmean(psnr_per_image(bicubic_upscaler(scale), pairs, scale))
     rows, int8_sessions = [], {}
     logs = out_dir / "train_logs"
@@ -155,16 +155,16 @@ def measure_quality(args: argparse.Namespace, out_dir: Path) -> QualityResult:
         print(f"[compare] trained {name} in {seconds:.0f} s", file=sys.stderr, flush=True)
         int8_sessions[name] = ort_session(int8, threads=args.threads)
         rows.append(
-            QualityRow(
-                model=name,
-                params=parameter_count(model),
-                macs_per_lr_pixel=macs_per_lr_pixel(model),
-                train_s=seconds,
-                psnr_fp32=statistics.fmean(psnr_per_image(onnx_upscaler(fp32_model, args.threads), pairs, scale)),
-                psnr_int8=statistics.fmean(psnr_per_image(onnx_upscaler(int8, args.threads), pairs, scale)),
-                int8_method=AETHER_INT8 if name in PRESET_FACTORIES else PEER_INT8,
-                fp32_source=source,
-                int8_latency=Timing(()),
+            quality_row(
+                name,
+                model,
+                scale,
+                seconds,
+                onnx_upscaler(fp32_model, args.threads),
+                onnx_upscaler(int8, args.threads),
+                {"aa-bicubic": pairs, "sharp": sharp},
+                AETHER_INT8 if name in PRESET_FACTORIES else PEER_INT8,
+                source,
             )
         )
     image = np.random.default_rng(1).random((1, 3, args.size, args.size), dtype=np.float32)
@@ -182,6 +182,41 @@ def measure_quality(args: argparse.Namespace, out_dir: Path) -> QualityResult:
         args.size,
         rows,
         qat_switch_step(args.budget),
+        statistics.fmean(psnr_per_image(bicubic_upscaler(scale), sharp, scale)),
+    )
+
+
+def quality_row(
+    name: str,
+    model: nn.Module,
+    scale: int,
+    train_s: float,
+    fp32: Upscaler,
+    int8: Upscaler,
+    pairs: dict[str, Sequence[tuple[str, np.ndarray, np.ndarray]]],
+    int8_method: str,
+    fp32_source: str,
+    steps: int | None = None,
+) -> QualityRow:
+    """One model's row: PSNR of its FP32 and INT8 forms under both LR protocols (``pairs``:
+    protocol -> held-out pairs); the INT8 latency is filled in later, timed with the others."""
+
+    def mean(upscale: Upscaler, protocol: str) -> float:
+        return statistics.fmean(psnr_per_image(upscale, pairs[protocol], scale))
+
+    return QualityRow(
+        model=name,
+        params=parameter_count(model),
+        macs_per_lr_pixel=macs_per_lr_pixel(model),
+        train_s=train_s,
+        psnr_fp32=mean(fp32, "aa-bicubic"),
+        psnr_int8=mean(int8, "aa-bicubic"),
+        int8_method=int8_method,
+        fp32_source=fp32_source,
+        int8_latency=Timing(()),
+        psnr_fp32_sharp=mean(fp32, "sharp"),
+        psnr_int8_sharp=mean(int8, "sharp"),
+        steps=steps,
     )
 
 

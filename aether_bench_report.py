@@ -142,6 +142,10 @@ class QualityRow:
     int8_method: str
     fp32_source: str  # which weights the FP32 figure is of
     int8_latency: Timing  # ORT INT8, 1x3xSxS
+    # the same under the sharp LR protocol (cubic without antialiasing); None in runs before it
+    psnr_fp32_sharp: float | None = None
+    psnr_int8_sharp: float | None = None
+    steps: int | None = None  # when models trained for different step counts (equal wall-clock)
 
 
 @dataclass
@@ -154,6 +158,7 @@ class QualityResult:
     input_size: int
     rows: list[QualityRow]
     qat_after: int | None = None  # AetherNet presets: the step where training switched to QAT
+    bicubic_psnr_sharp: float | None = None  # bicubic under the sharp LR protocol
 
 
 @dataclass
@@ -534,30 +539,41 @@ def torch_table(results: CompareResults) -> str | None:
 
 
 def quality_table(quality: QualityResult) -> str:
+    """PSNR under each LR protocol (FP32 / INT8, and INT8's gain over bicubic on the same LR)."""
+    sharp = quality.bicubic_psnr_sharp is not None
+
+    def cells(fp32: float | None, int8: float | None, bicubic: float | None) -> tuple[str, ...]:
+        gain = f" ({int8 - bicubic:+.2f})" if sharp and None not in (int8, bicubic) else ""
+        return ("—" if fp32 is None else f"{fp32:.3f}", "—" if int8 is None else f"{int8:.3f}{gain}")
+
+    protocols = ["aa-bicubic LR", "sharp LR"] if sharp else [""]
     header = (
         "model",
         "params (M)",
         "MACs/LR px (K)",
         "training wall time",
-        "FP32 PSNR dB (ORT)",
-        "INT8 PSNR dB (ORT)",
+        *(f"{fmt} PSNR dB{', ' + p if p else ' (ORT)'}" for p in protocols for fmt in ("FP32", "INT8")),
         "INT8 from",
         f"INT8 latency ms, {square_label(quality.input_size)} ×{quality.scale}",
     )
-    rows = [("bicubic", "—", "—", "—", f"{quality.bicubic_psnr:.3f}", "—", "—", "—")]
-    rows += [
-        (
-            f"`{row.model}`" if row.model in PRESET_FACTORIES else row.model,
-            f"{row.params / 1e6:.3f}",
-            f"{row.macs_per_lr_pixel / 1e3:.1f}",
-            f"{row.train_s:.0f} s ({row.train_s / quality.steps:.2f} s/step)",
-            f"{row.psnr_fp32:.3f}",
-            f"{row.psnr_int8:.3f}",
-            row.int8_method,
-            str(row.int8_latency),
+    bicubic = [f"{quality.bicubic_psnr:.3f}", "—"] + ([f"{quality.bicubic_psnr_sharp:.3f}", "—"] if sharp else [])
+    rows = [("bicubic", "—", "—", "—", *bicubic, "—", "—")]
+    for row in quality.rows:
+        steps = row.steps or quality.steps
+        psnrs = cells(row.psnr_fp32, row.psnr_int8, quality.bicubic_psnr)
+        if sharp:
+            psnrs += cells(row.psnr_fp32_sharp, row.psnr_int8_sharp, quality.bicubic_psnr_sharp)
+        rows.append(
+            (
+                f"`{row.model}`" if row.model in PRESET_FACTORIES else row.model,
+                f"{row.params / 1e6:.3f}",
+                f"{row.macs_per_lr_pixel / 1e3:.1f}",
+                f"{row.train_s:.0f} s ({steps} steps, {row.train_s / steps:.2f} s/step)",
+                *psnrs,
+                row.int8_method,
+                str(row.int8_latency),
+            )
         )
-        for row in quality.rows
-    ]
     return markdown_table(header, rows)
 
 

@@ -17,24 +17,33 @@ the peer is bad: ``quality`` marks it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from aether_arch import PRESET_FACTORIES, float_copy, load_model, prepare_qat, read_checkpoint
-from aether_bench_quality import bicubic_upscaler, calibration_crops, onnx_upscaler, psnr_per_image
-from aether_bench_report import Timing
+from aether_arch import PRESET_FACTORIES, atomic_write, float_copy, load_model, prepare_qat, read_checkpoint
+from aether_bench_plots import save_plot, speed_quality_plot
+from aether_bench_quality import (
+    bicubic_upscaler,
+    calibration_crops,
+    held_out_pairs,
+    onnx_upscaler,
+    psnr_per_image,
+    quality_row,
+)
+from aether_bench_report import AETHER_INT8, PEER_INT8, QualityResult, QualityRow, quality_table
 from aether_cli import InputError, markdown_table, whole_number
-from aether_data import evaluation_pair, list_images, read_image
 from aether_degrade import PROTOCOLS, RECIPES
-from aether_measure import macs_per_lr_pixel, parameter_count, time_interleaved, time_sessions
+from aether_measure import time_interleaved, time_sessions
 from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
 from aether_runtime import onnx_models, ort_session
 from aether_training import Processes, Trainer, TrainingOptions, TrainingPolicy, loss_function
@@ -205,144 +214,127 @@ def load_peer(name: str, path: str, scale: int) -> nn.Module:
 # ---------------------------------------------------------------------------------------
 
 
-def held_out(folder: str, scale: int, protocol: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    pairs = []
-    for path in list_images(folder):
-        hr, lr, _ = evaluation_pair(read_image(path)[0], scale, protocol)
-        pairs.append((path.name, lr.numpy(), hr))
-    return pairs
-
-
 def exported(name: str, path: str, scale: int, calibration_dir: str) -> tuple[nn.Module, bytes, bytes, str]:
     """(deploy form, FP32 ONNX, INT8 ONNX, how INT8 was made) of a trained checkpoint."""
     if name.split("@")[0] in PEERS:
         deployed = peer_deploy_form(load_peer(name.split("@")[0], path, scale))
         fp32 = onnx_bytes(deployed)
-        return deployed, fp32, static_int8_bytes(fp32, calibration_crops(calibration_dir, scale)), "ORT static PTQ"
+        return deployed, fp32, static_int8_bytes(fp32, calibration_crops(calibration_dir, scale)), PEER_INT8
     model = load_model(path)
     if model.scale != scale:
         raise InputError(f"--model {name}={path} is a x{model.scale} model; --scale is {scale}")
     if not model.qat:
         raise InputError(f"--model {name}={path} is not a QAT checkpoint: release INT8 comes from QAT")
     protos = onnx_models(model, model, fp16=False)
-    return float_copy(model), protos["fp32"].SerializeToString(), protos["int8"].SerializeToString(), "QAT Q/DQ export"
+    return float_copy(model), protos["fp32"].SerializeToString(), protos["int8"].SerializeToString(), AETHER_INT8
+
+
+def training_seconds(path: str) -> float:
+    """Seconds of training steps in the run folder's train.log ("finished ... in N s of training
+    steps" lines, summed over sittings); 0 when the log is not next to the checkpoint."""
+    log = Path(path).parent / "train.log"
+    if not log.is_file():
+        return 0.0
+    return sum(float(m) for m in re.findall(r"steps in ([0-9.]+) s of training steps", log.read_text()))
 
 
 def run_quality(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    models = dict(spec.split("=", 1) for spec in args.model)
-    sets = {Path(folder).name: {p: held_out(folder, args.scale, p) for p in PROTOCOLS} for folder in args.val_dir}
-    results: dict[str, Any] = {"scale": args.scale, "val_dirs": args.val_dir, "bicubic": {}, "models": {}}
-    for set_name, by_protocol in sets.items():
-        results["bicubic"][set_name] = {
-            p: statistics.fmean(psnr_per_image(bicubic_upscaler(args.scale), pairs, args.scale))
-            for p, pairs in by_protocol.items()
-        }
-    sessions = {}
+    models = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            raise InputError(f"--model {spec!r}: expected NAME=CHECKPOINT with an existing file")
+        models[name] = path
+    sets = {folder: {p: held_out_pairs(folder, args.scale, p) for p in PROTOCOLS} for folder in args.val_dir}
+    rows: dict[str, list[QualityRow]] = {folder: [] for folder in sets}
+    sessions, commands = {}, {}
     for name, path in models.items():
         deployed, fp32, int8, method = exported(name, path, args.scale, args.calibration_dir)
-        upscalers = {"FP32": onnx_upscaler(fp32, args.threads), "INT8": onnx_upscaler(int8, args.threads)}
-        psnrs = {
-            fmt: {
-                set_name: {
-                    p: statistics.fmean(psnr_per_image(upscale, pairs, args.scale)) for p, pairs in by_protocol.items()
-                }
-                for set_name, by_protocol in sets.items()
-            }
-            for fmt, upscale in upscalers.items()
-        }
-        metadata = json.loads(torch.load(path, map_location="cpu", weights_only=True).get("metadata", "{}") or "{}")
-        results["models"][name] = {
-            "checkpoint": path,
-            "params": parameter_count(deployed),
-            "macs_per_lr_pixel": macs_per_lr_pixel(deployed),
-            "int8": method,
-            "psnr": psnrs,
-            "training_command": metadata.get("training_command"),
-            "steps": metadata.get("step"),
-        }
+        metadata = json.loads(torch.load(path, map_location="cpu", weights_only=True).get("metadata") or "{}")
+        commands[name] = (path, metadata.get("training_command"))
+        fp32_run, int8_run = onnx_upscaler(fp32, args.threads), onnx_upscaler(int8, args.threads)
+        for folder, pairs in sets.items():
+            rows[folder].append(
+                quality_row(
+                    name,
+                    deployed,
+                    args.scale,
+                    training_seconds(path),
+                    fp32_run,
+                    int8_run,
+                    pairs,
+                    method,
+                    "the checkpoint's EMA weights",
+                    steps=metadata.get("step"),
+                )
+            )
         sessions[name] = ort_session(int8, threads=args.threads)
         print(f"[quality] {name}: done", file=sys.stderr, flush=True)
     image = np.random.default_rng(1).random((1, 3, args.size, args.size), dtype=np.float32)
-    for name, timing in time_sessions(sessions, image, args.repeats, args.budget_s).items():
-        results["models"][name]["int8_latency_ms"] = timing.samples_ms
+    latencies = time_sessions(sessions, image, args.repeats, args.budget_s)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality_results.json").write_text(json.dumps(results, indent=1) + "\n")
-    report = quality_markdown(results, args.command_line, args.size)
-    (out / "quality.md").write_text(report)
-    quality_plot(results, out / "quality_speed.png", args.size)
+    lines = [f"Generated by `{args.command_line}`.", ""]
+    results = {}
+    for index, (folder, folder_rows) in enumerate(rows.items()):
+        for row in folder_rows:
+            row.int8_latency = latencies[row.model]
+        bicubic = {
+            p: statistics.fmean(psnr_per_image(bicubic_upscaler(args.scale), sets[folder][p], args.scale))
+            for p in PROTOCOLS
+        }
+        result = QualityResult(
+            args.scale,
+            max(row.steps or 0 for row in folder_rows),
+            "see each model's command below",
+            [name for name, _, _ in sets[folder]["aa-bicubic"]],
+            bicubic["aa-bicubic"],
+            args.size,
+            folder_rows,
+            bicubic_psnr_sharp=bicubic["sharp"],
+        )
+        results[folder] = result
+        plot = f"quality_speed_{index}.png"
+        save_plot(speed_quality_plot(result), out / plot)
+        lines += [
+            f"### `{folder}` ({len(result.val_images)} images)",
+            "",
+            quality_table(result),
+            "",
+            f"![speed vs quality]({plot})",
+            "",
+        ]
+        lines += [f"* **BROKEN COMPARISON**: {b}" for b in below_bicubic(result)]
+    lines += [
+        "PSNR: RGB, 8-bit, border = scale, in ONNX Runtime, mean over each held-out folder, under both LR "
+        "protocols (aa-bicubic: antialiased bicubic, the SR benchmark's; sharp: cubic without antialiasing); "
+        "(+x.xx) = INT8 − bicubic on the same LR. FP32 = the release's model_fp32.onnx of the checkpoint. "
+        f"INT8 latency: median (min-max) ms of interleaved runs on 1×3×{args.size}×{args.size}, spinning off. "
+        "Training wall time: the seconds of training steps in each run's train.log.",
+        "",
+    ]
+    lines += [f"* `{name}`: `{path}`, trained by `{command}`" for name, (path, command) in commands.items()]
+    report = "\n".join(lines) + "\n"
+    with atomic_write(out / "quality.md") as tmp:
+        Path(tmp).write_text(report, encoding="utf-8")
+    with atomic_write(out / "quality_results.json") as tmp:
+        Path(tmp).write_text(json.dumps({f: dataclasses.asdict(r) for f, r in results.items()}, indent=1) + "\n")
     print(report)
     return 0
 
 
-def quality_markdown(results: dict[str, Any], command: str, size: int) -> str:
-    sets = list(results["bicubic"])
-    header = ["model", "INT8 latency ms"] + [f"{s}, {p} LR: FP32 / INT8 (gain)" for s in sets for p in PROTOCOLS]
-    rows = [["bicubic", "—"] + [f"{results['bicubic'][s][p]:.3f}" for s in sets for p in PROTOCOLS]]
-    broken = []
-    for name, model in results["models"].items():
-        latency = Timing(tuple(model["int8_latency_ms"]))
-        cells = [f"`{name}`", f"{latency.median:.1f} ({min(latency.samples_ms):.1f}-{max(latency.samples_ms):.1f})"]
-        for s in sets:
-            for p in PROTOCOLS:
-                fp32, int8, bicubic = model["psnr"]["FP32"][s][p], model["psnr"]["INT8"][s][p], results["bicubic"][s][p]
-                cells.append(f"{fp32:.3f} / {int8:.3f} ({int8 - bicubic:+.2f})")
-                if fp32 < bicubic:
-                    broken.append(f"{name} FP32 is below bicubic on {s} with {p} LR ({fp32:.3f} < {bicubic:.3f} dB)")
-        rows.append(cells)
-    lines = [
-        f"Generated by `{command}`.",
-        "",
-        f"PSNR (RGB, 8-bit, border = scale) ×{results['scale']} in ONNX Runtime, mean over each held-out folder, "
-        "under both LR protocols (aa-bicubic: antialiased bicubic, the SR benchmark's; sharp: cubic without "
-        "antialiasing); gain = INT8 − bicubic on the same LR. INT8 latency: median (min-max) of interleaved "
-        f"runs on 1×3×{size}×{size}, spinning off.",
-        "",
-        markdown_table(header, rows),
-        "",
-    ]
-    lines += [f"* **BROKEN COMPARISON**: {line}" for line in broken] or ["* every model is above bicubic everywhere"]
-    for name, model in results["models"].items():
-        lines.append(
-            f"* `{name}`: `{model['checkpoint']}`, {model['steps']} steps, INT8 by {model['int8']}; "
-            f"trained by `{model['training_command']}`"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def quality_plot(results: dict[str, Any], path: Path, size: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    first = next(iter(results["bicubic"]))
-    figure, axes = pyplot.subplots(1, len(PROTOCOLS), figsize=(11, 4.5), sharey=False)
-    for axis, protocol in zip(axes, PROTOCOLS, strict=True):
-        for name, model in results["models"].items():
-            latency = statistics.median(model["int8_latency_ms"])
-            axis.scatter(latency, model["psnr"]["INT8"][first][protocol], s=50)
-            axis.annotate(
-                name, (latency, model["psnr"]["INT8"][first][protocol]), textcoords="offset points", xytext=(5, 4)
-            )
-        axis.axhline(results["bicubic"][first][protocol], color="grey", linewidth=1.5)
-        axis.annotate(
-            "bicubic",
-            (0.01, results["bicubic"][first][protocol]),
-            xycoords=("axes fraction", "data"),
-            xytext=(0, 3),
-            textcoords="offset points",
-            color="grey",
-        )
-        axis.set_xscale("log")
-        axis.set_title(f"{first}, {protocol} LR")
-        axis.set_xlabel(f"ORT INT8 latency, ms (1×3×{size}×{size})")
-        axis.set_ylabel("INT8 PSNR, dB")
-        axis.grid(True, which="both", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+def below_bicubic(result: QualityResult) -> list[str]:
+    """A model under bicubic means its training is broken (too short, wrong settings)."""
+    found = []
+    for row in result.rows:
+        for protocol, value, bicubic in (
+            ("aa-bicubic", row.psnr_fp32, result.bicubic_psnr),
+            ("sharp", row.psnr_fp32_sharp, result.bicubic_psnr_sharp),
+        ):
+            if value is not None and bicubic is not None and value < bicubic:
+                found.append(f"{row.model} FP32 is below bicubic with {protocol} LR ({value:.3f} < {bicubic:.3f} dB)")
+    return found
 
 
 # ---------------------------------------------------------------------------------------

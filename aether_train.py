@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--batch-size", type=whole_number(1), default=DEFAULTS.batch_size, help="patches per step, per process"
     )
+    data.add_argument(
+        "--min-patch-detail",
+        type=real_number(0),
+        default=DEFAULTS.min_patch_detail,
+        help="redraw a crop (up to 4 times) whose mean absolute difference of adjacent grey pixels "
+        "is below this (in [0, 1]; 0.005 is about 1.3 levels): flat crops teach nothing; 0 keeps every crop",
+    )
 
     degrade = parser.add_argument_group(
         "degradation (how each LR patch is made; the options below override one field of the recipe)"

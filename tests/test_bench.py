@@ -18,6 +18,7 @@ from torch import nn
 import aether_bench
 import aether_bench_plots
 import aether_bench_report
+import aether_bench_zoo
 from aether_arch import PRESET_FACTORIES, RepConv
 from aether_bench_design import DESIGNS, Candidate, random_deploy_form
 from aether_bench_quality import measure_quality
@@ -42,6 +43,7 @@ from aether_runtime import ort_session
 from conftest import write_image_folder
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+SAMPLES = README.parent / "samples"
 
 
 def test_macs_of_a_hand_made_network():
@@ -319,6 +321,77 @@ def test_quality_path_trains_a_peer_and_aether_tiny_with_the_shared_trainer(tmp_
     assert quality.rows[0].int8_method == "QAT Q/DQ export" and "step 1" in quality.rows[0].fp32_source
     log = (tmp_path / "train_logs" / "SuperUltraCompact.log").read_text()
     assert "model: SRVGGNetCompact" in log and "finished step 2/2" in log
+    # both LR protocols, each with its own bicubic baseline
+    assert all(r.psnr_fp32_sharp is not None and r.psnr_int8_sharp is not None for r in quality.rows)
+    assert quality.bicubic_psnr_sharp is not None and quality.bicubic_psnr_sharp != quality.bicubic_psnr
+
+
+def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeypatch, capsys):
+    train = write_image_folder(tmp_path / "train", [(200, 200), (220, 210)], seed=1)
+    val = write_image_folder(tmp_path / "val", [(48, 40), (40, 44)], seed=2)
+    monkeypatch.setitem(
+        aether_bench_zoo.PEER_TRAINING,
+        "UltraCompact",
+        aether_bench_zoo.Recommended(2e-4, "charbonnier", 8, 2, 0.99, "test"),
+    )
+    common = [
+        "train-peer",
+        "UltraCompact",
+        "--steps",
+        "3",
+        "--train-dir",
+        str(train),
+        "--val-dir",
+        str(val),
+        "--threads",
+        "1",
+    ]
+    assert aether_bench.main([*common, "--out-dir", str(tmp_path / "run"), "--stop-at", "2"]) == 0
+    assert aether_bench.main([*common, "--resume", str(tmp_path / "run")]) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "resumed from" in log and "finished step 3/3" in log and "sharp LR" in log
+    state = torch.load(tmp_path / "run" / "training_state.pth", weights_only=True)
+    config = json.loads(state["config"])
+    assert (config["lr"], config["loss"], config["beta2"], config["degradation"]) == (
+        2e-4,
+        "charbonnier",
+        0.99,
+        "robust",
+    )
+    capsys.readouterr()
+    out = tmp_path / "quality"
+    argv = [
+        "quality",
+        "--model",
+        f"aether_tiny={SAMPLES / 'aether_tiny_x2.pth'}",
+        "--model",
+        f"UltraCompact={tmp_path / 'run' / 'net_g_latest.pth'}",
+    ]
+    argv += [
+        "--val-dir",
+        str(val),
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--repeats",
+        "1",
+        "--budget-s",
+        "1",
+        "--threads",
+        "1",
+        "--calibration-dir",
+        str(train),
+    ]
+    assert aether_bench.main(argv) == 0
+    report = (out / "quality.md").read_text()
+    assert "FP32 PSNR dB, aa-bicubic LR" in report and "INT8 PSNR dB, sharp LR" in report
+    assert "(3 steps," in report and "(500 steps," in report  # each model's own step count
+    # a barely trained peer is below bicubic: the comparison is marked broken, not published as a loss
+    assert "**BROKEN COMPARISON**: UltraCompact FP32 is below bicubic with aa-bicubic LR" in report
+    results = json.loads((out / "quality_results.json").read_text())[str(val)]
+    assert [r["model"] for r in results["rows"]] == ["aether_tiny", "UltraCompact"]
+    assert (out / "quality_speed_0.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(

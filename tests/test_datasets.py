@@ -77,6 +77,7 @@ def packages(tmp_path_factory):
         ),
         "usr/share/backgrounds/hills-copy.png": _encode(big, ".png"),
         "usr/share/backgrounds/tiny.png": _encode(_image(2, 64, 64), ".png"),
+        "usr/share/backgrounds/panorama.png": _encode(_image(5, 1000, 4100), ".png"),  # reduced x3
         "usr/share/backgrounds/broken.png": b"not a png",
         "usr/share/backgrounds/readme.txt": b"not an image",
         "usr/share/doc/test-wallpapers/copyright": COPYRIGHT.encode(),
@@ -113,7 +114,7 @@ def test_the_manifest_records_every_image_with_its_source_and_licence(packages, 
     ]
     assert sorted(records) == sorted(images)  # every image file once; readme.txt and copyright are not images
     kept = {r["file"]: r for r in manifest["files"] if r["kept"]}
-    assert manifest["images"] == len(kept) == 3
+    assert manifest["images"] == len(kept) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, MANIFEST_NAME])
 
     lake = kept["test-wallpapers__lake_by_Ann.jpg"]
@@ -123,10 +124,19 @@ def test_the_manifest_records_every_image_with_its_source_and_licence(packages, 
     hills = kept[hills_name]
     assert (hills["licence"], hills["version"], hills["width"], hills["height"]) == ("CC-BY-SA-3.0", "1.0-1", 600, 500)
     assert kept["test-images__licensed.png"]["licence"] == "CC0"
-    for name, record in kept.items():  # byte for byte, with the right hash
+    # over 2K on the long side: reduced by a whole factor as block means, written as PNG
+    panorama = kept["test-wallpapers__panorama.png"]
+    assert (panorama["width"], panorama["height"]) == (1366, 333)
+    assert panorama["processing"] == "cropped to 4098x999 and reduced x3 by block means (to 1366x333), PNG"
+    source = _image(5, 1000, 4100)[:999, :4098].astype(np.float64)
+    block_means = source.reshape(333, 3, 1366, 3, 3).mean(axis=(1, 3))
+    written = cv2.imread(str(tmp_path / "test-wallpapers__panorama.png")).astype(np.float64)
+    assert np.abs(written - block_means).max() <= 0.5 + 1e-9
+    for name, record in kept.items():  # byte for byte (unless reduced), with the right hash
         data = (tmp_path / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == record["sha256"]
-        assert data == (deb_files.get(record["path"]) or data)
+        if record["processing"].startswith("none"):
+            assert data == deb_files.get(record["path"], data)
 
     reasons = {path: r.get("reason", "") for path, r in records.items() if not r["kept"]}
     twins = {f"usr/share/backgrounds/{name}" for name in ("hills.png", "hills-copy.png", "hills-small.png")}

@@ -13,6 +13,7 @@ import torch
 import aether_train
 from aether_arch import detect_config, is_calibrated, load_model
 from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor
+from aether_training import PatchSampler, detail
 from conftest import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,3 +316,18 @@ def test_ddp_two_cpu_processes_with_torchrun(data, tmp_path):
     assert not torch.equal(first, second)  # each rank draws its own patches
     log = (out / "train.log").read_text()
     assert log.count("command: ") == 1 and "x 2 process(es)" in log and "validation PSNR" in log
+
+
+def test_the_sampler_redraws_flat_crops():
+    # one flat image and one textured image: without the filter about half the crops are flat
+    flat = torch.full((3, 64, 64), 0.5)
+    textured = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    images = [(flat * 255).round().to(torch.uint8), (textured * 255).round().to(torch.uint8)]
+    kept = PatchSampler(images, 16, seed=0).sample(64)
+    filtered = PatchSampler(images, 16, seed=0, min_detail=0.005).sample(64)
+    assert kept.dtype == filtered.dtype == torch.float32 and kept.shape == filtered.shape == (64, 3, 16, 16)
+    flat_kept = sum(detail(p) < 0.005 for p in kept)
+    flat_filtered = sum(detail(p) < 0.005 for p in filtered)
+    assert 16 < flat_kept < 48 and flat_filtered <= 64 * 0.5**PatchSampler.DETAIL_TRIES + 2
+    # reproducible under a seed
+    assert torch.equal(filtered, PatchSampler(images, 16, seed=0, min_detail=0.005).sample(64))
