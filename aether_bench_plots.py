@@ -86,8 +86,10 @@ def speed_quality_plot(quality: QualityResult) -> Figure:
     axes.set_xscale("log")
     axes.margins(x=0.15)
     _plain_log_ticks(axes.xaxis)
-    budget = f"{quality.steps} steps" if not any(row.steps for row in quality.rows) else "equal wall-clock"
-    axes.set_title(f"Quality at equal training budget ({budget}, ×{quality.scale}) vs INT8 speed")
+    if any(row.steps for row in quality.rows):  # trained checkpoints, each with its own run
+        axes.set_title(f"Quality of trained checkpoints vs INT8 speed (×{quality.scale}; filled: aa-bicubic LR)")
+    else:
+        axes.set_title(f"Quality at equal training budget ({quality.steps} steps, ×{quality.scale}) vs INT8 speed")
     axes.set_xlabel(f"ORT INT8 latency, ms (1×3×{quality.input_size}×{quality.input_size}, log scale)")
     axes.set_ylabel("PSNR on held-out images, dB")
     axes.grid(True, which="both", color="0.9")

@@ -568,7 +568,7 @@ def quality_table(quality: QualityResult) -> str:
                 f"`{row.model}`" if row.model in PRESET_FACTORIES else row.model,
                 f"{row.params / 1e6:.3f}",
                 f"{row.macs_per_lr_pixel / 1e3:.1f}",
-                f"{row.train_s:.0f} s ({steps} steps, {row.train_s / steps:.2f} s/step)",
+                f"{row.train_s:.0f} s ({steps} steps, {row.train_s / steps:.2f} s/step)" if row.train_s else "—",
                 *psnrs,
                 row.int8_method,
                 str(row.int8_latency),
@@ -743,7 +743,7 @@ def compare_markdown(results: CompareResults) -> str:
             "",
             "Every model trained from scratch by aether_train.py's training loop (`aether_training.Trainer`) with "
             f"the same data, "
-            f"degradation (antialiased bicubic ×{quality.scale}), loss, AdamW, cosine schedule and EMA, "
+            f"degradation (aether_train.py's default recipe, ×{quality.scale}), loss, AdamW, cosine schedule and EMA, "
             f"for {quality.steps} steps each: `{quality.training}`. AetherNet presets train float for "
             f"{quality.qat_after or 'most of the'} steps, then QAT for the rest (`--qat-after`): their FP32 "
             "figure is the float EMA at the switch, their INT8 the QAT model's Q/DQ export. Peers train "
