@@ -154,8 +154,9 @@ NCNN_SOURCE = "model_fp32.onnx"  # what pnnx converts: the validated FP32 graph
 FIRST_PROTOCOL = next(iter(PROTOCOLS))  # the SR benchmark's, whose figures stand alone
 WORSE_THAN_BICUBIC_HINTS = {
     "aa-bicubic": "is the checkpoint trained?",
-    "sharp": "users who upscale sharp (non-antialiased) photos get a worse picture than bicubic; "
-    "train with aether_train.py --degradation robust (several downscaling kernels)",
+    "sharp": "users who upscale sharp (non-antialiased) photos get a worse picture than bicubic; the model "
+    "over-sharpens aliased input: train with aether_train.py --degradation robust (several downscaling kernels) "
+    "and more weight on plain cubic (--kernels), or use a bigger preset",
 }
 # FP32 ONNX differs from PyTorch only by float reordering; FP16 keeps ~11 bits of mantissa;
 # INT8 is bounded by 8-bit activations (PTQ of a good model lands around 35-45 dB).

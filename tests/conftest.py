@@ -104,6 +104,7 @@ def sample_release(tmp_path_factory) -> Path:
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         code = aether_release.main([str(a) for a in argv])
     assert code == 0, log.getvalue()
+    (root / "release.log").write_text(log.getvalue())  # its warnings, for test_release
     return root / "release"
 
 

@@ -43,6 +43,7 @@ NCNN_FILES = [f"model_{p}.ncnn.{suffix}" for p in ("fp32", "fp16") for suffix in
 PNNX_SIDE_FILES = ("*.pnnx.param", "*.pnnx.bin", "model*_pnnx.py", "*.pnnx.onnx", "*.pnnxsim.onnx", "model*_ncnn.py")
 PNNX_SIDE_FILES += (".pnnx-*", "model.ncnn.*")  # our own temporary folder, pnnx's default output names
 REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
 
 
 def release(model, validation_dir, output_dir, *extra) -> tuple[int, str, str]:
@@ -249,6 +250,24 @@ for path in sys.argv[2:]:
     np.save(path + ".old.npy", out.astype(np.float32))
 print(onnxruntime.__version__)
 """
+
+
+def test_worse_than_bicubic_on_sharp_input_is_a_warning_and_the_zoo_model_is_not(sample_release, tmp_path):
+    # the first sample learned antialiased bicubic LR only: on sharp (plain cubic) LR it loses to bicubic
+    log = (sample_release.parent / "release.log").read_text()
+    warnings = [line for line in log.splitlines() if "worse than bicubic" in line]
+    assert len(warnings) == 1 and "with sharp LR" in warnings[0] and "over-sharpens aliased input" in warnings[0]
+    report = json.loads((sample_release / "release_report.json").read_text())
+    quality = report["artifacts"][0]["runs"][0]
+    assert quality["mean_quality_db_by_protocol"]["sharp"] < quality["mean_bicubic_db_by_protocol"]["sharp"]
+    # the zoo's model, trained on the robust recipe, beats bicubic on both on the same crop
+    code, _, stderr = release(
+        MODELS / "aether_tiny_x2.pth", sample_release.parent / "val", tmp_path / "zoo", "--skip-ncnn"
+    )
+    assert code == 0 and "worse than bicubic" not in stderr, stderr
+    run = json.loads((tmp_path / "zoo" / "release_report.json").read_text())["artifacts"][0]["runs"][0]
+    for protocol in ("aa-bicubic", "sharp"):
+        assert run["mean_quality_db_by_protocol"][protocol] > run["mean_bicubic_db_by_protocol"][protocol]
 
 
 @pytest.mark.skipif(not OLD_ORT_PYTHON, reason="set AETHER_OLD_ORT_PYTHON to a Python with onnxruntime==1.17.1")
