@@ -24,13 +24,22 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from aether_arch import PRESET_FACTORIES, atomic_write, float_copy, load_model, prepare_qat, read_checkpoint
+from aether_arch import (
+    PRESET_FACTORIES,
+    AetherCheckpointError,
+    atomic_write,
+    build_from_state_dict,
+    error_summary,
+    float_copy,
+    prepare_qat,
+    read_checkpoint,
+)
 from aether_bench_plots import save_plot, speed_quality_plot
 from aether_bench_quality import (
     bicubic_upscaler,
@@ -72,15 +81,10 @@ PEER_TRAINING = {
         2e-4, "charbonnier", 96, 16, 0.99, f"{TRAINNER_TEMPLATES}/Compact/UltraCompact_fidelity.yml"
     ),
 }
-AETHER_TRAINING = Recommended(2e-3, "l1", 48, 16, 0.999, "aether_train.py's defaults (samples/README.md)")
-
-
-def training_for(name: str) -> Recommended:
-    if name in PRESET_FACTORIES:
-        return AETHER_TRAINING
-    if name not in PEER_TRAINING:
-        raise InputError(f"no recommended training settings for {name!r}; choose from {', '.join(PEER_TRAINING)}")
-    return PEER_TRAINING[name]
+DEFAULTS = TrainingOptions  # its class attributes are the defaults of its fields
+AETHER_TRAINING = Recommended(
+    DEFAULTS.lr, DEFAULTS.loss, DEFAULTS.lr_patch, DEFAULTS.batch_size, DEFAULTS.beta2, "aether_train.py's defaults"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,7 +138,7 @@ def run_step_budget(args: argparse.Namespace) -> int:
                 name,
                 f"lr {settings.lr:g}, {settings.loss}, {settings.lr_patch}² LR × {settings.batch_size}, "
                 f"β2 {settings.beta2}",
-                f"{timing.median:.0f} ({min(timing.samples_ms):.0f}-{max(timing.samples_ms):.0f})",
+                str(timing),
                 str(count),
             ]
         )
@@ -160,7 +164,7 @@ def run_step_budget(args: argparse.Namespace) -> int:
 
 
 def peer_options(args: argparse.Namespace) -> TrainingOptions:
-    settings = training_for(args.peer)
+    settings = PEER_TRAINING[args.peer]
     return TrainingOptions(
         train_dir=args.train_dir,
         val_dir=args.val_dir,
@@ -188,8 +192,7 @@ def run_train_peer(args: argparse.Namespace) -> int:
     options = peer_options(args)
     torch.manual_seed(options.seed)
     model = PEERS[args.peer].build(options.scale)
-    settings = training_for(args.peer)
-    command = f"{args.command_line}  # {args.peer} as recommended by {settings.source}"
+    command = f"{args.command_line}  # {args.peer} as recommended by {PEER_TRAINING[args.peer].source}"
     trainer = Trainer(model, options, Processes(0, 1, torch.device("cpu")), command=command, policy=TrainingPolicy())
     try:
         trainer.run()
@@ -198,29 +201,38 @@ def run_train_peer(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_peer(name: str, path: str, scale: int) -> nn.Module:
-    """A peer's trained weights (``params_ema`` of a train-peer checkpoint) in its training form."""
-    try:
-        state_dict, _ = read_checkpoint(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise InputError(f"--model {name}={path}: {exc}") from None
-    model = PEERS[name].build(scale)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
-
-
 # ---------------------------------------------------------------------------------------
 # quality
 # ---------------------------------------------------------------------------------------
 
 
-def exported(name: str, path: str, scale: int, calibration_dir: str) -> tuple[nn.Module, bytes, bytes, str]:
-    """(deploy form, FP32 ONNX, INT8 ONNX, how INT8 was made) of a trained checkpoint."""
-    if name.split("@")[0] in PEERS:
-        deployed = peer_deploy_form(load_peer(name.split("@")[0], path, scale))
-        fp32 = onnx_bytes(deployed)
-        return deployed, fp32, static_int8_bytes(fp32, calibration_crops(calibration_dir, scale)), PEER_INT8
-    model = load_model(path)
+@dataclass
+class Exported:
+    """A trained checkpoint as ``quality`` measures it."""
+
+    deployed: nn.Module
+    fp32: bytes  # ONNX
+    int8: bytes  # ONNX
+    int8_method: str
+    metadata: dict[str, Any]
+
+
+def exported(name: str, path: str, scale: int, calibration_dir: str) -> Exported:
+    """The deploy form and FP32 / INT8 ONNX of a trained checkpoint (a peer's when ``name`` is
+    a peer, optionally ``PEER@label``; else an AetherNet QAT checkpoint), read once."""
+    try:
+        state_dict, metadata = read_checkpoint(path)
+        peer = name.split("@")[0]
+        if peer in PEERS:
+            trained = PEERS[peer].build(scale)
+            trained.load_state_dict(state_dict, strict=True)
+            deployed = peer_deploy_form(trained.eval())
+            fp32 = onnx_bytes(deployed)
+            int8 = static_int8_bytes(fp32, calibration_crops(calibration_dir, scale))
+            return Exported(deployed, fp32, int8, PEER_INT8, metadata)
+        model = build_from_state_dict(state_dict)
+    except (AetherCheckpointError, RuntimeError) as exc:  # unreadable, or not this network's weights
+        raise InputError(f"--model {name}={path}: {error_summary(exc)}") from None
     if model.scale != scale:
         raise InputError(f"--model {name}={path} is a x{model.scale} model; --scale is {scale}")
     if not model.qat:
@@ -228,7 +240,7 @@ def exported(name: str, path: str, scale: int, calibration_dir: str) -> tuple[nn
     fp32 = float_copy(model)  # as aether_release.py makes model_fp32 and model_int8 of a QAT checkpoint
     int8, _ = int8_model(model, fp32, profile="cpu", calibration=[])
     protos = onnx_models(fp32, int8, fp16=False)
-    return fp32, protos["fp32"].SerializeToString(), protos["int8"].SerializeToString(), AETHER_INT8
+    return Exported(fp32, protos["fp32"].SerializeToString(), protos["int8"].SerializeToString(), AETHER_INT8, metadata)
 
 
 def training_seconds(path: str) -> float:
@@ -252,26 +264,25 @@ def run_quality(args: argparse.Namespace) -> int:
     rows: dict[str, list[QualityRow]] = {folder: [] for folder in sets}
     sessions, commands = {}, {}
     for name, path in models.items():
-        deployed, fp32, int8, method = exported(name, path, args.scale, args.calibration_dir)
-        metadata = json.loads(torch.load(path, map_location="cpu", weights_only=True).get("metadata") or "{}")
-        commands[name] = (path, metadata.get("training_command"))
-        fp32_run, int8_run = onnx_upscaler(fp32, args.threads), onnx_upscaler(int8, args.threads)
+        model = exported(name, path, args.scale, args.calibration_dir)
+        commands[name] = (path, model.metadata.get("training_command"))
+        fp32_run, int8_run = onnx_upscaler(model.fp32, args.threads), onnx_upscaler(model.int8, args.threads)
         for folder, pairs in sets.items():
             rows[folder].append(
                 quality_row(
                     name,
-                    deployed,
+                    model.deployed,
                     args.scale,
                     training_seconds(path),
                     fp32_run,
                     int8_run,
                     pairs,
-                    method,
+                    model.int8_method,
                     "the checkpoint's EMA weights",
-                    steps=metadata.get("step"),
+                    steps=model.metadata.get("step"),
                 )
             )
-        sessions[name] = ort_session(int8, threads=args.threads)
+        sessions[name] = ort_session(model.int8, threads=args.threads)
         print(f"[quality] {name}: done", file=sys.stderr, flush=True)
     image = np.random.default_rng(1).random((1, 3, args.size, args.size), dtype=np.float32)
     latencies = time_sessions(sessions, image, args.repeats, args.budget_s)

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -129,17 +130,18 @@ def download(source: Source, folder: Path) -> Path:
     """The package file of ``source``, downloaded into ``folder``."""
     if source.kind == "deb":
         _run(["apt-get", "download", source.package], folder)
-        pattern = f"{source.package}_*.deb"
     else:
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", ".", source.package], folder)
-        pattern = f"{source.package.replace('-', '_')}-*.whl"
-    return find_package(source, folder, pattern)
+    return find_package(source, folder)
 
 
-def find_package(source: Source, folder: Path, pattern: str | None = None) -> Path:
-    pattern = pattern or (
-        f"{source.package}_*.deb" if source.kind == "deb" else f"{source.package.replace('-', '_')}-*.whl"
-    )
+def package_pattern(source: Source) -> str:
+    """The file name pattern of ``source``'s package as apt-get / pip download it."""
+    return f"{source.package}_*.deb" if source.kind == "deb" else f"{source.package.replace('-', '_')}-*.whl"
+
+
+def find_package(source: Source, folder: Path) -> Path:
+    pattern = package_pattern(source)
     found = sorted(folder.glob(pattern))
     if not found:
         raise InputError(f"--packages-dir {str(folder)!r} has no {pattern} (for {source.package})")
@@ -220,6 +222,7 @@ class Candidate:
     licence: str
     copyright: str
     image: np.ndarray | None = None  # decoded (OpenCV order)
+    thumb: np.ndarray | None = None  # thumbnail(image), computed once for the duplicate test
 
     @property
     def output_name(self) -> str:
@@ -275,7 +278,7 @@ def duplicate_of(candidate: Candidate, kept: list[Candidate]) -> Candidate | Non
         oh, ow = other.image.shape[:2]
         if (
             abs(w / h - ow / oh) < 0.02 * (ow / oh)
-            and np.abs(thumbnail(image) - thumbnail(other.image)).mean() < NEAR_DUPLICATE_LEVELS
+            and np.abs(candidate.thumb - other.thumb).mean() < NEAR_DUPLICATE_LEVELS
         ):
             return other
     return None
@@ -311,8 +314,9 @@ def centre_crop(image: np.ndarray, size: int) -> tuple[np.ndarray, list[int]]:
     return image[y0 : y0 + size, x0 : x0 + size], [x0, y0, x0 + size, y0 + size]
 
 
-def build(sources: Sequence[Source], out: Path, packages_dir: Path | None, held_out: bool) -> dict:
-    """Fill the folder ``out`` with the sources' images and return the manifest (also written there)."""
+def build(sources: Sequence[Source], out: Path, packages_dir: Path | None, held_out: bool, command: str) -> dict:
+    """Fill the folder ``out`` with the sources' images and return the manifest (also written
+    there, with ``command``, the command line that built it)."""
     records, kept = [], []
     with tempfile.TemporaryDirectory(prefix="aether_datasets_") as scratch_name:
         scratch = Path(scratch_name)
@@ -327,6 +331,7 @@ def build(sources: Sequence[Source], out: Path, packages_dir: Path | None, held_
                 record = {"package": source.package, "version": item.version, "path": item.member}
                 try:
                     item.image = decode(item, scratch)
+                    item.thumb = thumbnail(item.image)
                 except ImageReadError as exc:  # named as in the package, not by the scratch copy
                     reason = str(exc).replace(str(scratch / item.output_name), Path(item.member).name)
                     records.append({**record, "kept": False, "reason": reason})
@@ -377,7 +382,7 @@ def build(sources: Sequence[Source], out: Path, packages_dir: Path | None, held_
     manifest = {
         "format": MANIFEST_FORMAT,
         "purpose": "held-out evaluation (never train on these)" if held_out else "training",
-        "command": " ".join([PROG, *sys.argv[1:]]),
+        "command": command,
         "images": sum(r["kept"] for r in records),
         "files": records,
     }
@@ -405,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fetch(args: argparse.Namespace) -> int:
+def fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     sources, held_out = COMMANDS[args.command]
     out = prepare_output_dir(args.out_dir, "DIR")
     if out.is_dir() and any(out.iterdir()):
@@ -417,7 +422,7 @@ def fetch(args: argparse.Namespace) -> int:
     # built in a staging folder beside DIR, renamed at the end: an interrupt leaves nothing
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.partial-", dir=out.absolute().parent) as staging:
         try:
-            manifest = build(sources, Path(staging), packages_dir, held_out)
+            manifest = build(sources, Path(staging), packages_dir, held_out, shlex.join([PROG, *argv]))
         except FetchError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 1
@@ -432,7 +437,7 @@ def fetch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_cli(PROG, build_parser().parse_args, fetch, argv)
+    return run_cli(PROG, build_parser().parse_args, lambda args: fetch(args, argv), argv)
 
 
 if __name__ == "__main__":

@@ -149,10 +149,6 @@ class Recipe:
         if not 1 <= low <= high <= 100:
             raise ValueError(f"jpeg_quality needs 1 <= low <= high <= 100, got ({low}, {high})")
 
-    @property
-    def is_deterministic(self) -> bool:
-        return len(self.kernels) == 1 and not (self.blur_prob or self.noise_prob or self.jpeg_prob)
-
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe, for checkpoint metadata and the training log."""
         record = dataclasses.asdict(self)
@@ -203,7 +199,7 @@ def _in_range(u: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
 
 RECIPES = {
     # the SR benchmark protocol, and how the first sample was trained: no rounding, so that
-    # sample's training command reproduces it bit for bit
+    # sample's training command (with --min-patch-detail 0) reproduces it bit for bit
     "bicubic": Recipe(kernels=(("aa-bicubic", 1.0),), quantize=False),
     # the shipped models': the two protocols' kernels (antialiased bicubic, plain cubic) two
     # thirds of the time, the others for variety; blur, noise and JPEG mild and rare, so that

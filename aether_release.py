@@ -150,7 +150,6 @@ NCNN_PRECISIONS = ("fp32", "fp16")
 NCNN_FORMAT = "ncnn"
 NCNN_SUFFIXES = (".param", ".bin")  # an NCNN artifact is two files: graph and weights
 NCNN_SOURCE = "model_fp32.onnx"  # what pnnx converts: the validated FP32 graph
-# Minimum PSNR of an artifact's output against the FP32 PyTorch output on the same input.
 FIRST_PROTOCOL = next(iter(PROTOCOLS))  # the SR benchmark's, whose figures stand alone
 WORSE_THAN_BICUBIC_HINTS = {
     "aa-bicubic": "is the checkpoint trained?",
@@ -158,6 +157,7 @@ WORSE_THAN_BICUBIC_HINTS = {
     "over-sharpens aliased input: train with aether_train.py --degradation robust (several downscaling kernels) "
     "and more weight on plain cubic (--kernels), or use a bigger preset",
 }
+# Minimum PSNR of an artifact's output against the FP32 PyTorch output on the same input.
 # FP32 ONNX differs from PyTorch only by float reordering; FP16 keeps ~11 bits of mantissa;
 # INT8 is bounded by 8-bit activations (PTQ of a good model lands around 35-45 dB).
 FIDELITY_FLOOR_DB = {"fp32": 60.0, "fp16": 45.0, "int8": 30.0}

@@ -65,6 +65,9 @@ CHARBONNIER_EPS = 1e-3
 QAT_LR_FACTOR = 1 / 40
 # Options that fix the network or the phase layout: a saved state only fits a run with the same.
 STRUCTURAL_OPTIONS = ("preset", "scale", "num_blocks", "qat", "qat_after")
+# What runs did before an option existed, where that differs from its default: bicubic LR
+# alone, every crop kept.
+BEFORE_OPTION = {"degradation": "bicubic", "min_patch_detail": 0.0}
 # Options that override one field of the degradation recipe (None: the recipe's value).
 RECIPE_OVERRIDES = ("kernels", "blur_prob", "blur_sigma", "noise_prob", "noise_sigma", "jpeg_prob", "jpeg_quality")
 
@@ -642,8 +645,9 @@ def read_training_state(location: str) -> tuple[dict[str, Any], Path]:
 def check_resumable(state: dict[str, Any], options: TrainingOptions, notes: list[str]) -> None:
     """Refuse a state that cannot continue under these options; note options that changed."""
     saved = json.loads(state["config"])
-    saved.setdefault("degradation", "bicubic")  # states from before the recipes trained on bicubic alone
-    for option in dataclasses.fields(TrainingOptions):  # options added since: they had today's default
+    for name, value in BEFORE_OPTION.items():  # states saved before these options existed
+        saved.setdefault(name, value)
+    for option in dataclasses.fields(TrainingOptions):  # other options added since: they had today's default
         if option.default is not dataclasses.MISSING:
             saved.setdefault(option.name, option.default)
     for name in STRUCTURAL_OPTIONS:

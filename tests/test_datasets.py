@@ -105,8 +105,8 @@ SOURCES = (
 
 def test_the_manifest_records_every_image_with_its_source_and_licence(packages, tmp_path):
     folder, deb_files = packages
-    manifest = build(SOURCES, tmp_path, folder, held_out=False)
-    assert json.loads((tmp_path / MANIFEST_NAME).read_text()) == manifest
+    manifest = build(SOURCES, tmp_path, folder, held_out=False, command="test")
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text()) == manifest and manifest["command"] == "test"
     records = {r["path"]: r for r in manifest["files"]}
     images = [p for p in deb_files if p.endswith((".png", ".jpg"))] + [
         "test_images/data/licensed.png",
@@ -147,7 +147,7 @@ def test_the_manifest_records_every_image_with_its_source_and_licence(packages, 
 
 
 def test_the_held_out_set_is_centre_crops(packages, tmp_path):
-    manifest = build(SOURCES[:1], tmp_path, packages[0], held_out=True)
+    manifest = build(SOURCES[:1], tmp_path, packages[0], held_out=True, command="test")
     kept = [r for r in manifest["files"] if r["kept"]]
     assert len(kept) == 1 and kept[0]["file"].startswith("test-wallpapers__hills")  # the others are small or twins
     assert kept[0]["processing"] == "centre crop [60, 10, 540, 490] (x0, y0, x1, y1), PNG"
@@ -163,7 +163,7 @@ def test_reserved_packages_are_never_fetched(packages, tmp_path):
         aether_datasets.RESERVED_PACKAGES
     )
     with pytest.raises(InputError, match="mate-backgrounds is reserved"):
-        build([Source("deb", "mate-backgrounds")], tmp_path, packages[0], held_out=False)
+        build([Source("deb", "mate-backgrounds")], tmp_path, packages[0], held_out=False, command="test")
 
 
 def test_command_line_errors_are_one_line(packages, tmp_path, capsys):

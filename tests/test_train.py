@@ -331,3 +331,25 @@ def test_the_sampler_redraws_flat_crops():
     assert 16 < flat_kept < 48 and flat_filtered <= 64 * 0.5**PatchSampler.DETAIL_TRIES + 2
     # reproducible under a seed
     assert torch.equal(filtered, PatchSampler(images, 16, seed=0, min_detail=0.005).sample(64))
+
+
+def test_a_state_from_before_the_recipes_resumes_as_bicubic_with_every_crop_kept(data, tmp_path):
+    run = _train(
+        data, tmp_path / "old", "--steps", "4", "--stop-at", "2", "--degradation", "bicubic", "--min-patch-detail", "0"
+    )
+    state = _weights(run / "training_state.pth")
+    config = json.loads(state["config"])
+    del config["degradation"], config["min_patch_detail"], config["beta2"]  # as saved before these options
+    state["config"] = json.dumps(config)
+    torch.save(state, run / "training_state.pth")
+    argv = [*TINY, "--train-dir", str(data["train"]), "--steps", "4", "--degradation", "bicubic"]
+    assert aether_train.main([*argv, "--min-patch-detail", "0", "--resume", str(run)]) == 0
+    assert "changed options" not in (run / "train.log").read_text()
+    # today's defaults on the same old state are a change, and are said to be one
+    assert aether_train.main([*TINY, "--train-dir", str(data["train"]), "--steps", "6", "--resume", str(run)]) == 0
+    changed = [line for line in (run / "train.log").read_text().splitlines() if "changed options" in line]
+    assert (
+        len(changed) == 1
+        and "degradation 'bicubic' -> 'robust'" in changed[0]
+        and "min_patch_detail 0.0 -> 0.005" in changed[0]
+    )
