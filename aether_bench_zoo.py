@@ -50,12 +50,12 @@ from aether_bench_quality import (
     quality_row,
 )
 from aether_bench_report import AETHER_INT8, PEER_INT8, QualityResult, QualityRow, quality_table
-from aether_cli import InputError, markdown_table, whole_number
+from aether_cli import InputError, markdown_table, real_number, whole_number
 from aether_degrade import PROTOCOLS, RECIPES
 from aether_measure import time_interleaved, time_sessions
 from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
 from aether_runtime import int8_model, onnx_models, ort_session
-from aether_training import Processes, Trainer, TrainingOptions, TrainingPolicy, loss_function
+from aether_training import Processes, Trainer, TrainingOptions, TrainingPolicy, load_pretrained, loss_function
 
 REFERENCE = "aether_tiny"
 
@@ -170,12 +170,14 @@ def peer_options(args: argparse.Namespace) -> TrainingOptions:
         val_dir=args.val_dir,
         steps=args.steps,
         scale=args.scale,
-        lr=settings.lr,
+        lr=args.lr or settings.lr,
         loss=settings.loss,
         lr_patch=settings.lr_patch,
         batch_size=settings.batch_size,
         beta2=settings.beta2,
         degradation=args.degradation,
+        kernels=args.kernels,
+        pretrained=args.pretrained,
         out_dir=args.out_dir,
         resume=args.resume,
         stop_at=args.stop_at,
@@ -192,8 +194,11 @@ def run_train_peer(args: argparse.Namespace) -> int:
     options = peer_options(args)
     torch.manual_seed(options.seed)
     model = PEERS[args.peer].build(options.scale)
+    policy = TrainingPolicy()
+    if options.pretrained and options.resume is None:  # resuming: the weights are in the state
+        load_pretrained(model, options.pretrained, policy)
     command = f"{args.command_line}  # {args.peer} as recommended by {PEER_TRAINING[args.peer].source}"
-    trainer = Trainer(model, options, Processes(0, 1, torch.device("cpu")), command=command, policy=TrainingPolicy())
+    trainer = Trainer(model, options, Processes(0, 1, torch.device("cpu")), command=command, policy=policy)
     try:
         trainer.run()
     finally:
@@ -243,13 +248,26 @@ def exported(name: str, path: str, scale: int, calibration_dir: str) -> Exported
     return Exported(fp32, protos["fp32"].SerializeToString(), protos["int8"].SerializeToString(), AETHER_INT8, metadata)
 
 
-def training_seconds(path: str) -> float:
-    """Seconds of training steps in the run folder's train.log ("finished ... in N s of training
-    steps" lines, summed over sittings); 0 when the log is not next to the checkpoint."""
+def training_cost(path: str, metadata: dict[str, Any]) -> tuple[float, int | None]:
+    """(seconds of training steps, steps) behind a checkpoint: the seconds in its run folder's
+    train.log ("... in N s of training steps", summed over sittings; in proportion to the
+    checkpoint's step when the run went on past it; 0 without a log), plus the same for the
+    checkpoint a later stage started from (--pretrained) while that file is still there."""
+    steps = int(metadata["step"]) if "step" in metadata else None
     log = Path(path).parent / "train.log"
-    if not log.is_file():
-        return 0.0
-    return sum(float(m) for m in re.findall(r"steps in ([0-9.]+) s of training steps", log.read_text()))
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    seconds = sum(float(m) for m in re.findall(r"steps in ([0-9.]+) s of training steps", text))
+    finished = [int(m) for m in re.findall(r"finished step ([0-9]+)/", text)]
+    if steps and finished and max(finished) > steps:
+        seconds *= steps / max(finished)
+    earlier = metadata.get("pretrained")
+    if steps is not None and earlier and Path(earlier).is_file():
+        try:
+            earlier_seconds, earlier_steps = training_cost(earlier, read_checkpoint(earlier)[1])
+        except AetherCheckpointError:  # gone bad since: this stage's own cost only
+            return seconds, steps
+        seconds, steps = seconds + earlier_seconds, steps + (earlier_steps or 0)
+    return seconds, steps
 
 
 def run_quality(args: argparse.Namespace) -> int:
@@ -266,6 +284,7 @@ def run_quality(args: argparse.Namespace) -> int:
     for name, path in models.items():
         model = exported(name, path, args.scale, args.calibration_dir)
         commands[name] = (path, model.metadata.get("training_command"))
+        seconds, steps = training_cost(path, model.metadata)
         fp32_run, int8_run = onnx_upscaler(model.fp32, args.threads), onnx_upscaler(model.int8, args.threads)
         for folder, pairs in sets.items():
             rows[folder].append(
@@ -273,13 +292,13 @@ def run_quality(args: argparse.Namespace) -> int:
                     name,
                     model.deployed,
                     args.scale,
-                    training_seconds(path),
+                    seconds,
                     fp32_run,
                     int8_run,
                     pairs,
                     model.int8_method,
                     "the checkpoint's EMA weights",
-                    steps=model.metadata.get("step"),
+                    steps=steps,
                 )
             )
         sessions[name] = ort_session(model.int8, threads=args.threads)
@@ -374,6 +393,9 @@ def add_zoo_parsers(commands: argparse._SubParsersAction) -> None:
     peer.add_argument("--train-dir", nargs="+", required=True, metavar="DIR")
     peer.add_argument("--val-dir", metavar="DIR")
     peer.add_argument("--degradation", choices=sorted(RECIPES), default="robust")
+    peer.add_argument("--kernels", metavar="KERNEL:P,...", help="as aether_train.py --kernels (default: the recipe's)")
+    peer.add_argument("--pretrained", metavar="CKPT", help="start from this train-peer checkpoint (a second stage)")
+    peer.add_argument("--lr", type=real_number(0, above=True), help="peak learning rate (default: the authors')")
     peer.add_argument("--out-dir", metavar="DIR")
     peer.add_argument("--resume", metavar="RUN_DIR")
     peer.add_argument("--stop-at", type=whole_number(1), metavar="STEP")

@@ -33,6 +33,7 @@ from aether_training import (
     Trainer,
     TrainingDiverged,
     TrainingOptions,
+    load_pretrained,
     seed_everything,
     start_processes,
 )
@@ -274,19 +275,6 @@ def build_model(options: TrainingOptions) -> aether_arch.AetherNet:
         raise InputError(str(exc)) from None
 
 
-def load_pretrained(model: aether_arch.AetherNet, path: str) -> None:
-    try:
-        state_dict, _ = aether_arch.read_checkpoint(path)
-    except aether_arch.AetherCheckpointError as exc:
-        raise InputError(f"--pretrained: {exc}") from None
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise InputError(
-            f"--pretrained {path!r} does not fit {AETHERNET.describe(model)}: " + " ".join(str(exc).split())[:300]
-        ) from None
-
-
 def train(options: TrainingOptions, argv: Sequence[str]) -> int:
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -296,7 +284,7 @@ def train(options: TrainingOptions, argv: Sequence[str]) -> int:
         seed_everything(options.seed)
         model = build_model(options)
         if options.pretrained and options.resume is None:  # resuming: the weights are in the state
-            load_pretrained(model, options.pretrained)
+            load_pretrained(model, options.pretrained, AETHERNET)
         trainer = Trainer(model, options, processes, command=shlex.join([PROG, *argv]), policy=AETHERNET)
         trainer.run()
         return 0

@@ -698,6 +698,20 @@ class RunLog:
             self.file.close()
 
 
+def load_pretrained(model: nn.Module, path: str, policy: TrainingPolicy) -> None:
+    """``--pretrained``: the checkpoint's weights (its EMA where it has one), strictly."""
+    try:
+        state_dict, _ = aether_arch.read_checkpoint(path)
+    except aether_arch.AetherCheckpointError as exc:
+        raise InputError(f"--pretrained: {exc}") from None
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise InputError(
+            f"--pretrained {path!r} does not fit {policy.describe(model)}: " + " ".join(str(exc).split())[:300]
+        ) from None
+
+
 # ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
@@ -912,6 +926,8 @@ class Trainer:
             "world_size": self.processes.world_size,
             "degradation": {"recipe": self.options.degradation, **self.recipe.as_dict()},
         }
+        if self.options.pretrained:  # a later stage: what it started from (the benchmark adds up the cost)
+            extra["pretrained"] = str(Path(self.options.pretrained).resolve())
         if self.last_validation is not None:
             # val_psnr / val_bicubic_psnr: the benchmark protocol, under the names neosr and
             # traiNNer-redux users read; "validation" has every protocol

@@ -362,6 +362,20 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
         0.99,
         "robust",
     )
+    # a second stage from the first's EMA, with its own kernels and learning rate
+    stage1 = tmp_path / "run" / "net_g_latest.pth"
+    stage2 = [*common[:3], "1", *common[4:], "--out-dir", str(tmp_path / "run2"), "--pretrained", str(stage1)]
+    assert (
+        aether_bench.main([*stage2, "--kernels", "cubic:1", "--lr", "1e-6", "--seed", "1"]) == 0
+    )  # not stage 1's init
+    config = json.loads(torch.load(tmp_path / "run2" / "training_state.pth", weights_only=True)["config"])
+    assert (config["lr"], config["kernels"], config["pretrained"]) == (1e-6, "cubic:1", str(stage1))
+    first, second = (
+        torch.load(p / "net_g_latest.pth", weights_only=True) for p in (tmp_path / "run", tmp_path / "run2")
+    )
+    assert json.loads(second["metadata"])["pretrained"] == str(stage1.resolve())
+    for key, value in first["params_ema"].items():  # from stage 1's EMA: a 1e-6 step moves a weight ~1e-6
+        torch.testing.assert_close(second["params"][key], value, atol=1e-5, rtol=0)
     capsys.readouterr()
     out = tmp_path / "quality"
     argv = [
@@ -369,7 +383,7 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
         "--model",
         f"aether_tiny={SAMPLES / 'aether_tiny_x2.pth'}",
         "--model",
-        f"UltraCompact={tmp_path / 'run' / 'net_g_latest.pth'}",
+        f"UltraCompact={tmp_path / 'run2' / 'net_g_latest.pth'}",
     ]
     argv += [
         "--val-dir",
@@ -396,7 +410,8 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
     tiny = next(r for r in results_rows(out, val) if r["model"] == "aether_tiny")
     assert tiny["psnr_fp32"] != tiny["psnr_int8"]
     rows = results_rows(out, val)
-    assert [(r["model"], r["steps"]) for r in rows] == [("aether_tiny", 500), ("UltraCompact", 3)]  # each its own
+    # each its own steps; a second stage adds the first's
+    assert [(r["model"], r["steps"]) for r in rows] == [("aether_tiny", 500), ("UltraCompact", 4)]
     assert (out / "quality_speed_0.png").stat().st_size > 10_000
 
 
