@@ -93,6 +93,7 @@ from aether_bench_report import (
     SpeedRow,
     Timing,
     load_results,
+    load_zoo_quality,
     measurement,
     save_results,
     square_label,
@@ -358,11 +359,16 @@ def render(results: CompareResults, out_dir: Path) -> str:
 def run_compare(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if args.render_only:
-        print(render(load_results(out_dir), out_dir))
+        results = load_results(out_dir)
+        if args.zoo:
+            results.zoo_quality, results.meta["zoo_quality"] = args.zoo, args.zoo_quality
+            save_results(results, out_dir)
+        print(render(results, out_dir))
         return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    options = {k: v for k, v in vars(args).items() if k not in ("run", "command_line", "render_only", "out", "quick")}
+    left_out = ("run", "command_line", "render_only", "out", "quick", "zoo")
+    options = {k: v for k, v in vars(args).items() if k not in left_out}
     results = CompareResults(
         meta={
             "command": args.command_line,
@@ -375,8 +381,11 @@ def run_compare(args: argparse.Namespace) -> int:
                 for name in dict.fromkeys([*args.peers, *args.quality_models])
                 if name in PEERS
             },
-        }
+        },
+        zoo_quality=args.zoo,
     )
+    if args.zoo:
+        results.meta["zoo_quality"] = args.zoo_quality
 
     def progress(message: str) -> None:
         print(f"[compare {time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
@@ -445,6 +454,7 @@ def resolve_compare_options(args: argparse.Namespace) -> None:
     if args.budget_s <= 0 or args.max_run_s <= 0:
         raise InputError("--budget-s and --max-run-s must be positive")
     out_dir = Path(args.out)
+    args.zoo = load_zoo_quality(args.zoo_quality) if args.zoo_quality else {}
     if args.render_only:
         if not (out_dir / RESULTS_JSON).is_file():
             raise InputError(f"--render-only: {out_dir / RESULTS_JSON} not found")
@@ -605,6 +615,12 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
     speed.add_argument("--skip-speed", action="store_true", help="no speed rows at all (quality only)")
     quality = compare.add_argument_group("quality at equal training budget")
     quality.add_argument("--skip-quality", action="store_true", help="no training")
+    quality.add_argument(
+        "--zoo-quality",
+        metavar="JSON",
+        help="report the trained checkpoints of `aether_bench.py quality` (its quality_results.json) as the "
+        "equal-budget comparison instead of the short training here; with --render-only, adds it to DIR's results",
+    )
     quality.add_argument(
         "--budget",
         type=whole_number(2),

@@ -21,6 +21,7 @@ from aether_bench_report import (
     SPEED_QUALITY_PNG,
     CompareResults,
     QualityResult,
+    speed_quality_png,
     square_label,
 )
 
@@ -53,7 +54,7 @@ def save_plot(figure: Figure, path: Path) -> None:
         figure.savefig(tmp, format="png")
 
 
-def speed_quality_plot(quality: QualityResult) -> Figure:
+def speed_quality_plot(quality: QualityResult, where: str = "") -> Figure:
     figure = Figure(figsize=(10, 6.4), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     # filled: the benchmark protocol (antialiased bicubic LR); hollow: sharp LR, when measured
@@ -87,7 +88,8 @@ def speed_quality_plot(quality: QualityResult) -> Figure:
     axes.margins(x=0.15)
     _plain_log_ticks(axes.xaxis)
     if any(row.steps for row in quality.rows):  # trained checkpoints, each with its own run
-        axes.set_title(f"Quality of trained checkpoints vs INT8 speed (×{quality.scale}; filled: aa-bicubic LR)")
+        on = f", {where}" if where else ""
+        axes.set_title(f"Quality of trained checkpoints vs INT8 speed (×{quality.scale}{on}; filled: aa-bicubic LR)")
     else:
         axes.set_title(f"Quality at equal training budget ({quality.steps} steps, ×{quality.scale}) vs INT8 speed")
     axes.set_xlabel(f"ORT INT8 latency, ms (1×3×{quality.input_size}×{quality.input_size}, log scale)")
@@ -132,7 +134,10 @@ def latency_macs_plot(results: CompareResults, scale: int) -> Figure:
 
 def write_plots(results: CompareResults, out_dir: Path) -> list[Path]:
     written = []
-    if results.quality is not None and results.quality.rows:
+    for index, (folder, quality) in enumerate(results.zoo_quality.items()):
+        save_plot(speed_quality_plot(quality, folder), out_dir / speed_quality_png(index))
+        written.append(out_dir / speed_quality_png(index))
+    if not results.zoo_quality and results.quality is not None and results.quality.rows:
         save_plot(speed_quality_plot(results.quality), out_dir / SPEED_QUALITY_PNG)
         written.append(out_dir / SPEED_QUALITY_PNG)
     if results.speed:

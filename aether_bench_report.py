@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from aether_arch import PRESET_FACTORIES, atomic_write
-from aether_cli import markdown_table
+from aether_cli import InputError, markdown_table
 
 # Targets: reported (MISSED where missed), never asserted by tests.
 INT8_SPEEDUP_TARGET = 3.0  # INT8 ONNX over FP32 ONNX, every preset
@@ -193,6 +193,9 @@ class CompareResults:
     qat: QatResult | None = None
     # the same at 1280x720 (the --hd-scale), for the presets of PEER_OF and their peers
     head_to_head_hd: dict[str, Timing] = field(default_factory=dict)
+    # per held-out folder: trained checkpoints at equal wall-clock budget (aether_bench.py quality's
+    # quality_results.json, --zoo-quality); when present it replaces the short-budget quality above
+    zoo_quality: dict[str, QualityResult] = field(default_factory=dict)
 
     def int8_head_to_head(self, model: str, scale: int) -> float | None:
         timing = self.head_to_head.get(str(scale), {}).get(model)
@@ -342,8 +345,42 @@ def floor_findings(results: CompareResults, size: int) -> list[Finding]:
     return findings
 
 
+def speed_quality_png(index: int) -> str:
+    """The scatter plot of the index-th quality table."""
+    return SPEED_QUALITY_PNG if index == 0 else SPEED_QUALITY_PNG.replace(".png", f"_{index}.png")
+
+
+def zoo_quality_findings(zoo: dict[str, QualityResult]) -> list[Finding]:
+    """The trained aether_tiny checkpoint against the trained SPAN-28, per held-out folder and LR protocol."""
+    findings = []
+    for folder, quality in zoo.items():
+        tiny = next((r for r in quality.rows if r.model.startswith("aether_tiny")), None)
+        span = next((r for r in quality.rows if r.model.split("@")[0] == SPAN_BASELINE), None)
+        if tiny is None or span is None:
+            findings.append(Finding(None, f"`{folder}`: aether_tiny and {SPAN_BASELINE} were not both measured"))
+            continue
+        for protocol, int8, fp32 in (
+            ("aa-bicubic", "psnr_int8", "psnr_fp32"),
+            ("sharp", "psnr_int8_sharp", "psnr_fp32_sharp"),
+        ):
+            mine, theirs = getattr(tiny, int8), getattr(span, int8)
+            if mine is None or theirs is None:
+                continue
+            findings.append(
+                Finding(
+                    mine >= theirs,
+                    f"×{quality.scale} `{folder}` ({len(quality.val_images)} images), {protocol} LR: {tiny.model} "
+                    f"INT8 {mine:.3f} dB, {span.model} INT8 {theirs:.3f} dB ({mine - theirs:+.3f} dB; FP32: "
+                    f"{getattr(tiny, fp32):.3f} vs {getattr(span, fp32):.3f} dB)",
+                )
+            )
+    return findings
+
+
 def quality_findings(results: CompareResults) -> list[Finding]:
     """aether_tiny INT8 has equal or better PSNR than SPAN-28 INT8 at equal training budget."""
+    if results.zoo_quality:
+        return zoo_quality_findings(results.zoo_quality)
     quality = {r.model: r for r in results.quality.rows} if results.quality else {}
     if "aether_tiny" not in quality or SPAN_BASELINE not in quality:
         return [Finding(None, f"quality: aether_tiny and {SPAN_BASELINE} were not both trained")]
@@ -614,6 +651,32 @@ def qat_sections(qat: QatResult) -> list[str]:
     ]
 
 
+def zoo_quality_sections(zoo: dict[str, QualityResult], source: str) -> list[str]:
+    sections = ["## Quality at equal wall-clock training budget", ""]
+    for index, (folder, quality) in enumerate(zoo.items()):
+        sections += [
+            f"### `{folder}` ({len(quality.val_images)} images)",
+            "",
+            quality_table(quality),
+            "",
+            f"![speed vs quality, {folder}]({speed_quality_png(index)})",
+            "",
+        ]
+    report = Path(source).with_name("quality.md")
+    sections += [
+        f"From `{source}` (aether_bench.py quality; its report `{report}` gives the command and each "
+        "checkpoint's training command). Each model trained on the same data with the same degradation "
+        "recipe and the same two stages, for the steps that give it the same wall-clock budget on this "
+        "machine (aether_bench.py step-budget); each peer with its authors' learning rate and settings. "
+        "PSNR: RGB, 8-bit, border = scale, in ONNX Runtime, on held-out images never trained on, under "
+        "both LR protocols (aa-bicubic: antialiased bicubic; sharp: cubic without antialiasing); "
+        "(+x.xx) = INT8 − bicubic on the same LR. AetherNet's INT8 is its QAT checkpoint's Q/DQ export, "
+        "a peer's ORT static PTQ. This replaces the short equal-step comparison of the runs before it.",
+        "",
+    ]
+    return sections
+
+
 def compare_markdown(results: CompareResults) -> str:
     meta = results.meta
     size = meta["options"]["size"]
@@ -732,7 +795,9 @@ def compare_markdown(results: CompareResults) -> str:
                 f"{FUSION_SPEEDUP_TARGET:.1f}×.",
                 "",
             ]
-    if results.quality is not None:
+    if results.zoo_quality:
+        sections += zoo_quality_sections(results.zoo_quality, meta.get("zoo_quality", "?"))
+    elif results.quality is not None:
         quality = results.quality
         sections += [
             "## Quality at equal training budget",
@@ -781,6 +846,20 @@ def save_results(results: CompareResults, out_dir: Path) -> None:
 
 def load_results(out_dir: Path) -> CompareResults:
     return CompareResults.from_json((out_dir / RESULTS_JSON).read_text(encoding="utf-8"))
+
+
+def load_zoo_quality(path: str) -> dict[str, QualityResult]:
+    """aether_bench.py quality's quality_results.json: per held-out folder, its QualityResult."""
+    try:
+        parsed = json.loads(Path(path).read_text(encoding="utf-8"))
+        zoo = _from_json(dict[str, QualityResult], parsed)
+        if not zoo or not all(result.rows for result in zoo.values()):
+            raise ValueError("no measured models")
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise InputError(
+            f"--zoo-quality {path}: not an aether_bench.py quality quality_results.json ({exc}); rerun quality"
+        ) from None
+    return zoo
 
 
 def write_report(results: CompareResults, out_dir: Path) -> str:

@@ -328,7 +328,7 @@ def run_quality(args: argparse.Namespace) -> int:
         )
         results[folder] = result
         plot = f"quality_speed_{index}.png"
-        save_plot(speed_quality_plot(result), out / plot)
+        save_plot(speed_quality_plot(result, folder), out / plot)
         lines += [
             f"### `{folder}` ({len(result.val_images)} images)",
             "",

@@ -290,6 +290,33 @@ def test_qat_verdict_and_its_section_round_trip_through_json(qat_int8_db, verdic
     assert restored.qat == results.qat and aether_bench_report.compare_markdown(restored) == report
 
 
+def _zoo(tiny_sharp_int8):
+    rows = [
+        QualityRow("aether_tiny_x2", 221_000, 220e3, 0.0, 32.6, 32.6, "QAT Q/DQ export", "EMA", _timing(25.0)),
+        QualityRow("SPAN-28", 140_000, 141e3, 3000.0, 32.0, 31.9, "ORT static PTQ", "EMA", _timing(45.0)),
+    ]
+    rows[0].psnr_fp32_sharp, rows[0].psnr_int8_sharp, rows[0].steps = 32.0, tiny_sharp_int8, 12500
+    rows[1].psnr_fp32_sharp, rows[1].psnr_int8_sharp, rows[1].steps = 32.1, 32.0, 2259
+    quality = QualityResult(2, 12500, "see below", ["a.png", "b.png"], 31.3, 256, rows, bicubic_psnr_sharp=31.5)
+    return {"held_out": quality}
+
+
+def test_trained_checkpoints_replace_the_short_budget_quality_per_protocol():
+    results = _results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0)
+    results.zoo_quality, results.meta["zoo_quality"] = _zoo(tiny_sharp_int8=31.9), "q/quality_results.json"
+    report = aether_bench_report.compare_markdown(results)
+    targets = report.split("## Roofline")[0]
+    assert (
+        "- met: ×2 `held_out` (2 images), aa-bicubic LR: aether_tiny_x2 INT8 32.600 dB, SPAN-28 INT8 31.900" in targets
+    )
+    assert "- **MISSED**: ×2 `held_out` (2 images), sharp LR: aether_tiny_x2 INT8 31.900 dB, SPAN-28" in targets
+    assert "Missed: 1 of 6 checks." in targets and "after 800 steps" not in report
+    assert "| SPAN-28 " in report and "3000 s (2259 steps, 1.33 s/step)" in report and "(+0.40)" in report
+    assert "`q/quality.md`" in report
+    restored = CompareResults.from_json(results.to_json())
+    assert restored.zoo_quality == results.zoo_quality and aether_bench_report.compare_markdown(restored) == report
+
+
 def test_plots_are_valid_pngs(tmp_path):
     written = aether_bench_plots.write_plots(_results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0), tmp_path)
     assert [p.name for p in written] == [aether_bench_report.SPEED_QUALITY_PNG, aether_bench_report.LATENCY_MACS_PNG]
@@ -413,6 +440,18 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
     # each its own steps; a second stage adds the first's
     assert [(r["model"], r["steps"]) for r in rows] == [("aether_tiny", 500), ("UltraCompact", 4)]
     assert (out / "quality_speed_0.png").stat().st_size > 10_000
+    # compare's report takes these trained checkpoints as its equal-budget comparison
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    aether_bench_report.save_results(_results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0), bench)
+    zoo = ["compare", "--out", str(bench), "--render-only", "--zoo-quality", str(out / "quality_results.json")]
+    assert aether_bench.main(zoo) == 0
+    report = (bench / aether_bench_report.REPORT_NAME).read_text()
+    assert f"### `{val}` (2 images)" in report and "UltraCompact" in report and "after 800 steps" not in report
+    assert (bench / aether_bench_report.SPEED_QUALITY_PNG).stat().st_size > 10_000
+    assert aether_bench_report.load_results(bench).zoo_quality == aether_bench_report.load_zoo_quality(
+        str(out / "quality_results.json")
+    )
 
 
 @pytest.mark.parametrize(
@@ -422,6 +461,7 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
         (["--scales", "0"], "--scales: expected a whole number >= 1, got 0"),
         (["--train-dir", "no/such/folder"], "no such folder"),
         (["--peers", "ESRGAN-XL"], "invalid choice"),
+        (["--zoo-quality", "no/such.json"], "--zoo-quality no/such.json: not an aether_bench.py quality"),
     ],
 )
 def test_compare_rejects_bad_input_with_one_line_and_exit_2(tmp_path, capsys, extra, message):
