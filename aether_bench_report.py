@@ -614,6 +614,34 @@ def quality_table(quality: QualityResult) -> str:
     return markdown_table(header, rows)
 
 
+def below_bicubic(result: QualityResult) -> list[str]:
+    """A model under bicubic means its training is broken (too short, wrong settings)."""
+    found = []
+    for row in result.rows:
+        for protocol, value, bicubic in (
+            ("aa-bicubic", row.psnr_fp32, result.bicubic_psnr),
+            ("sharp", row.psnr_fp32_sharp, result.bicubic_psnr_sharp),
+        ):
+            if value is not None and bicubic is not None and value < bicubic:
+                found.append(f"{row.model} FP32 is below bicubic with {protocol} LR ({value:.3f} < {bicubic:.3f} dB)")
+    return found
+
+
+def quality_folder_section(folder: str, quality: QualityResult, plot: str) -> list[str]:
+    """One held-out folder's quality table, its plot and the models below bicubic."""
+    marks = [f"* **BELOW BICUBIC**: {b}" for b in below_bicubic(quality)]
+    return [
+        f"### `{folder}` ({len(quality.val_images)} images)",
+        "",
+        quality_table(quality),
+        "",
+        f"![speed vs quality]({plot})",
+        "",
+        *marks,
+        *([""] if marks else []),
+    ]
+
+
 def qat_findings(qat: QatResult | None) -> list[Finding]:
     """QAT-INT8 is within QAT_GAP_TARGET_DB of FP32 on the shipped sample, and better than PTQ."""
     if qat is None:
@@ -654,14 +682,7 @@ def qat_sections(qat: QatResult) -> list[str]:
 def zoo_quality_sections(zoo: dict[str, QualityResult], source: str) -> list[str]:
     sections = ["## Quality at equal wall-clock training budget", ""]
     for index, (folder, quality) in enumerate(zoo.items()):
-        sections += [
-            f"### `{folder}` ({len(quality.val_images)} images)",
-            "",
-            quality_table(quality),
-            "",
-            f"![speed vs quality, {folder}]({speed_quality_png(index)})",
-            "",
-        ]
+        sections += quality_folder_section(folder, quality, speed_quality_png(index))
     report = Path(source).with_name("quality.md")
     sections += [
         f"From `{source}` (aether_bench.py quality; its report `{report}` gives the command and each "

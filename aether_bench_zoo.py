@@ -49,7 +49,7 @@ from aether_bench_quality import (
     psnr_per_image,
     quality_row,
 )
-from aether_bench_report import AETHER_INT8, PEER_INT8, QualityResult, QualityRow, quality_table
+from aether_bench_report import AETHER_INT8, PEER_INT8, QualityResult, QualityRow, quality_folder_section
 from aether_cli import InputError, markdown_table, real_number, whole_number
 from aether_degrade import PROTOCOLS, RECIPES
 from aether_measure import time_interleaved, time_sessions
@@ -329,15 +329,7 @@ def run_quality(args: argparse.Namespace) -> int:
         results[folder] = result
         plot = f"quality_speed_{index}.png"
         save_plot(speed_quality_plot(result, folder), out / plot)
-        lines += [
-            f"### `{folder}` ({len(result.val_images)} images)",
-            "",
-            quality_table(result),
-            "",
-            f"![speed vs quality]({plot})",
-            "",
-        ]
-        lines += [f"* **BELOW BICUBIC**: {b}" for b in below_bicubic(result)]
+        lines += quality_folder_section(folder, result, plot)
     lines += [
         "PSNR: RGB, 8-bit, border = scale, in ONNX Runtime, mean over each held-out folder, under both LR "
         "protocols (aa-bicubic: antialiased bicubic, the SR benchmark's; sharp: cubic without antialiasing); "
@@ -356,19 +348,6 @@ def run_quality(args: argparse.Namespace) -> int:
         Path(tmp).write_text(json.dumps({f: dataclasses.asdict(r) for f, r in results.items()}, indent=1) + "\n")
     print(report)
     return 0
-
-
-def below_bicubic(result: QualityResult) -> list[str]:
-    """A model under bicubic means its training is broken (too short, wrong settings)."""
-    found = []
-    for row in result.rows:
-        for protocol, value, bicubic in (
-            ("aa-bicubic", row.psnr_fp32, result.bicubic_psnr),
-            ("sharp", row.psnr_fp32_sharp, result.bicubic_psnr_sharp),
-        ):
-            if value is not None and bicubic is not None and value < bicubic:
-                found.append(f"{row.model} FP32 is below bicubic with {protocol} LR ({value:.3f} < {bicubic:.3f} dB)")
-    return found
 
 
 # ---------------------------------------------------------------------------------------

@@ -449,6 +449,7 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
     report = (bench / aether_bench_report.REPORT_NAME).read_text()
     assert f"### `{val}` (2 images)" in report and "UltraCompact" in report and "after 800 steps" not in report
     assert (bench / aether_bench_report.SPEED_QUALITY_PNG).stat().st_size > 10_000
+    assert "**BELOW BICUBIC**: UltraCompact FP32 is below bicubic with aa-bicubic LR" in report  # marked here too
     assert aether_bench_report.load_results(bench).zoo_quality == aether_bench_report.load_zoo_quality(
         str(out / "quality_results.json")
     )
