@@ -21,7 +21,7 @@ import aether_bench_report
 import aether_bench_zoo
 from aether_arch import PRESET_FACTORIES, RepConv
 from aether_bench_design import DESIGNS, Candidate, random_deploy_form
-from aether_bench_quality import measure_quality
+from aether_bench_quality import calibration_crops, measure_quality
 from aether_bench_report import (
     HD_LABEL,
     ORT_FP16,
@@ -133,6 +133,29 @@ def test_span_deploy_form_computes_what_the_eval_form_computes():
     x = torch.rand(1, 3, 12, 10)
     with torch.inference_mode():
         torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def _span_int8_fidelity(model):
+    """PSNR (dB, over the FP32 output's range) of a SPAN's static INT8 against its FP32, on LR
+    crops of a real image, calibrated on the others."""
+    crops = calibration_crops("samples/val", 2, 48)
+    fp32 = onnx_bytes(peer_deploy_form(model.eval()))
+    int8 = static_int8_bytes(fp32, crops[1:])
+    x = crops[0][:, :, :40, :40]
+    expected, actual = (ort_session(m, threads=1).run(None, {"input": x})[0] for m in (fp32, int8))
+    return 10 * np.log10(np.ptp(expected) ** 2 / np.mean((expected - actual) ** 2))
+
+
+def test_span_peer_is_built_as_trainner_redux_builds_it_and_survives_static_int8():
+    from spandrel.architectures.SPAN import SPAN
+
+    torch.manual_seed(0)
+    peer = PEERS["SPAN-28"].build(2)
+    assert not peer.is_norm  # traiNNer-redux's span / span_s: norm=False
+    assert _span_int8_fidelity(peer) > 45.0  # 49.9 dB measured
+    # The neighbour can fail: Spandrel's default (x - mean) * 255 input, same weights, drops to 39.5 dB
+    torch.manual_seed(0)
+    assert _span_int8_fidelity(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=28, upscale=2)) < 45.0
 
 
 def test_a_peer_exports_and_quantizes_through_the_shared_path():
