@@ -465,6 +465,13 @@ INT8_PROFILES: dict[str, torch.dtype] = {
     "tensorrt": torch.int8,  # TensorRT explicit quantization: symmetric, zero-point 0
 }
 WEIGHT_QMAX = 127  # symmetric [-127, 127]: -128 unused, as TensorRT and ORT expect
+# x86 CPUs without VNNI (AVX2, AVX-512F: Zen 1-3, most Intel before Ice Lake) run uint8 x int8
+# convolutions in ONNX Runtime and oneDNN with vpmaddubsw, which adds two products in int16 and
+# saturates: exact only while 255 * (|w1| + |w2|) <= 32767, i.e. |w| <= 64. With the full int8
+# range the shipped tiny x2 lost 0.25-0.7 dB there (up to 25/255 off the Q/DQ reference).
+CPU_WEIGHT_QMAX = 64
+PROFILE_WEIGHT_QMAX = {"cpu": CPU_WEIGHT_QMAX, "tensorrt": WEIGHT_QMAX}
+LEGACY_GRID_RATIO = 96  # max |w| / scale above this: a file from before the cpu grid was 7-bit
 # Biases are int32 on the grid input_scale x weight_scale; a weight scale is never so small that
 # its bias needs more than this many steps (int32 saturates at 2**31 - 1; the headroom keeps the
 # accumulator, bias plus sum of products, inside int32 too).
@@ -703,8 +710,9 @@ class ActQuant(nn.Module):
 class QuantConv2d(nn.Conv2d):
     """Conv2d whose weights are fake-quantized to symmetric int8 per output channel.
 
-    ``weight_scale`` (max |w| / 127 per channel) tracks the weights while training and is
-    frozen in eval mode, where it is what the exported graph and the INT8 .pth carry.
+    ``weight_scale`` (max |w| / ``weight_qmax`` per channel: 64 for the cpu profile, 127 for
+    tensorrt) tracks the weights while training and is frozen in eval mode, where it is what the
+    exported graph and the INT8 .pth carry.
     The bias is rounded to the int32 grid input_scale * weight_scale, as integer runtimes
     store it. A state dict with int8 weights (the INT8 release file) is dequantized on load."""
 
@@ -718,10 +726,12 @@ class QuantConv2d(nn.Conv2d):
         self._input_quant: ActQuant | None = None
         self._output_quant: ActQuant | None = None
         self.reference = False  # the integer-exact CPU path (AetherNet.int8_backend "reference")
+        self.profile_qmax = self.weight_qmax = WEIGHT_QMAX  # prepare_qat sets the profile's
+        # weight_qmax is the profile's unless a loaded file was made on the older 127 grid (below)
         self.refresh_weight_scale()
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> QuantConv2d:
+    def from_conv(cls, conv: nn.Conv2d, weight_qmax: int = WEIGHT_QMAX) -> QuantConv2d:
         q = cls(
             conv.in_channels,
             conv.out_channels,
@@ -730,16 +740,17 @@ class QuantConv2d(nn.Conv2d):
             padding=conv.padding,
             bias=conv.bias is not None,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        q.profile_qmax = q.weight_qmax = weight_qmax
         q.load_state_dict(conv.state_dict(), strict=False)
         q.refresh_weight_scale()
         return q
 
     @torch.no_grad()
     def refresh_weight_scale(self) -> None:
-        """max |w| / 127 per output channel, but at least |bias| / (input_scale * BIAS_QMAX): a
+        """max |w| / weight_qmax per output channel, but at least |bias| / (input_scale * BIAS_QMAX): a
         channel with (nearly) zero weights (dead in a trained model; a fresh model's upsampler)
         would otherwise get a scale so small that its int32 bias saturates."""
-        scale = self.weight.detach().abs().amax(dim=(1, 2, 3)).float() / WEIGHT_QMAX
+        scale = self.weight.detach().abs().amax(dim=(1, 2, 3)).float() / self.weight_qmax
         if self.bias is not None and self._input_quant is not None:
             input_scale = self._input_quant.positive_scale().detach().float()
             scale = torch.maximum(scale, self.bias.detach().abs().float() / (input_scale * BIAS_QMAX))
@@ -749,9 +760,10 @@ class QuantConv2d(nn.Conv2d):
         if self.training:
             self.refresh_weight_scale()
             return torch.fake_quantize_per_channel_affine(
-                self.weight, self.weight_scale, self.weight_zero_point, 0, -WEIGHT_QMAX, WEIGHT_QMAX
+                self.weight, self.weight_scale, self.weight_zero_point, 0, -self.weight_qmax, self.weight_qmax
             )
-        return fake_quantize(self.weight, self.weight_scale, self.weight_zero_point, -WEIGHT_QMAX, WEIGHT_QMAX, 0)
+        qmax = self.weight_qmax
+        return fake_quantize(self.weight, self.weight_scale, self.weight_zero_point, -qmax, qmax, 0)
 
     def bias_scale(self) -> torch.Tensor:
         """The int32 grid of the bias, input scale x weight scale (float32, as exported)."""
@@ -769,7 +781,7 @@ class QuantConv2d(nn.Conv2d):
 
     def int8_weight(self) -> torch.Tensor:
         scale = self.weight_scale.reshape(-1, 1, 1, 1)
-        return torch.round(self.weight.detach() / scale).clamp(-WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8)
+        return torch.round(self.weight.detach() / scale).clamp(-self.weight_qmax, self.weight_qmax).to(torch.int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._runs_integer(x):
@@ -830,8 +842,15 @@ class QuantConv2d(nn.Conv2d):
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
         weight = state_dict.get(prefix + "weight")
         scale = state_dict.get(prefix + "weight_scale")
-        if weight is not None and weight.dtype == torch.int8 and scale is not None:
-            state_dict[prefix + "weight"] = weight.float() * scale.float().reshape(-1, 1, 1, 1)
+        if isinstance(weight, torch.Tensor) and isinstance(scale, torch.Tensor) and scale.shape == weight.shape[:1]:
+            # The grid is read back from the file: its largest |w| / scale is the grid's top.
+            # Files from before the cpu grid was 7-bit keep their 127 and run as they were made.
+            steps = weight.detach().float().abs().amax(dim=(1, 2, 3))
+            if weight.dtype != torch.int8:  # an INT8 file's weights are the steps themselves
+                steps = steps / scale.detach().float().clamp(min=1e-12)
+            self.weight_qmax = WEIGHT_QMAX if float(steps.max()) > LEGACY_GRID_RATIO else self.profile_qmax
+            if weight.dtype == torch.int8:
+                state_dict[prefix + "weight"] = weight.float() * scale.float().reshape(-1, 1, 1, 1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -875,7 +894,8 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
     """Turn a float AetherNet into its quantization-aware form, in place, and return it.
 
     The model is fused first, so that what is fake-quantized is exactly what is deployed:
-    every conv's fused weights (symmetric int8 per output channel) and every tensor the INT8
+    every conv's fused weights (symmetric per output channel: [-64, 64] for the cpu profile,
+    which x86 CPUs without VNNI add up without saturating; [-127, 127] for tensorrt) and every tensor the INT8
     graph holds (per-tensor INT8, range initialised on the first training batch or by
     calibrate_int8, then learned). The input and, for the cpu profile, the output sit on the
     fixed image grid [0, 1] (uint8: steps of 1/255, zero-point 0). The tensorrt profile keeps
@@ -893,7 +913,7 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
     def swap(parent: nn.Module) -> None:
         for name, child in parent.named_children():
             if type(child) is nn.Conv2d:
-                setattr(parent, name, QuantConv2d.from_conv(child))
+                setattr(parent, name, QuantConv2d.from_conv(child, PROFILE_WEIGHT_QMAX[profile]))
             elif isinstance(child, QuantPoint) and not (parent is model and name in float_output):
                 fixed_range = (0.0, 1.0) if parent is model and name in image_grid else None
                 setattr(parent, name, ActQuant(dtype, fixed_range=fixed_range).to(device))
@@ -911,12 +931,22 @@ def prepare_qat(model: AetherNet, *, int8_profile: str | None = None) -> AetherN
 
 def float_copy(model: AetherNet) -> AetherNet:
     """A fused float copy of ``model`` in eval mode: its deploy form, or for a QAT model its conv
-    weights and biases without the quantizers (what the FP32 and FP16 release files hold)."""
+    weights on their int8 grid and its biases, without the activation quantizers (what the FP32
+    and FP16 release files hold). The grid weights are the ones QAT trained: the latent float
+    weights behind them wander up to half a step, which on the cpu profile's [-64, 64] grid cost
+    the zoo's tiny x2 0.5 dB (1.8 dB on the second held-out set) against its own INT8."""
     if not model.qat:
         return copy.deepcopy(model).fuse().eval()
     fused = AetherNet(**model.config, fused=True).to(_device(model))
     qat_state = model.state_dict()  # int8 weights are already dequantized by the load
-    fused.load_state_dict({key: qat_state[key] for key in fused.state_dict()}, strict=True)
+    state = {key: qat_state[key] for key in fused.state_dict()}
+    for name, conv in model.named_modules():
+        if isinstance(conv, QuantConv2d):
+            qmax = conv.weight_qmax
+            state[f"{name}.weight"] = fake_quantize(
+                conv.weight.detach(), conv.weight_scale, conv.weight_zero_point, -qmax, qmax, 0
+            ).clone()
+    fused.load_state_dict(state, strict=True)
     return fused.eval()
 
 
@@ -1059,6 +1089,9 @@ class OneDNNInt8:
             and next(model.parameters()).dtype == torch.float32
             and is_calibrated(model)
             and not any(q.observing for q in act_quantizers(model))
+            # a file on the old full int8 grid would saturate on CPUs without VNNI: it runs the
+            # simulation, right on every CPU
+            and all(m.weight_qmax <= CPU_WEIGHT_QMAX for m in model.modules() if isinstance(m, QuantConv2d))
             and onednn_int8_available()
         )
 
@@ -1486,6 +1519,12 @@ def _accept_float_state_dict(model: AetherNet, state_dict: dict[str, Any], prefi
         ours = model.state_dict()
         for key in quantizer_keys:
             state_dict.setdefault(prefix + key, ours[key])
+        for name, conv in model.named_modules():
+            if isinstance(conv, QuantConv2d):  # the loaded weights' own scale, on this model's grid
+                weight = state_dict[f"{prefix}{name}.weight"].detach().float()
+                state_dict[f"{prefix}{name}.weight_scale"] = (
+                    weight.abs().amax(dim=(1, 2, 3)) / conv.profile_qmax
+                ).clamp(min=1e-12)
 
 
 def holds_int8_weights(state_dict: Mapping[str, Any], prefix: str = "") -> bool:

@@ -26,6 +26,7 @@ from aether_arch import (
     ONNX_INPUT_NAME,
     ONNX_OUTPUT_NAME,
     AetherNet,
+    OneDNNInt8,
     calibrate_int8,
     holds_int8_weights,
     is_calibrated,
@@ -147,6 +148,8 @@ def pytorch_runtime(checkpoint: Path | Mapping[str, torch.Tensor], precision: st
     if precision == "int8":  # which path AetherNet.forward takes (see AetherNet.int8_backend)
         int8_file = not isinstance(checkpoint, Mapping) or holds_int8_weights(checkpoint)
         kernels = int8_file and device.type == "cpu" and onednn_int8_available()
+        # a file on the old full int8 grid runs the simulation (OneDNNInt8.supports says why)
+        kernels = kernels and OneDNNInt8.supports(load_model(checkpoint).eval())
         math_name = "int8 oneDNN kernels" if kernels else "int8 simulated"
     explanation = ""
     if precision == "fp16" and dtype == torch.float32:
