@@ -382,9 +382,10 @@ def _interrupt(argv: list, ready, sig: int) -> tuple[subprocess.CompletedProcess
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signalled_release_prints_one_line_and_leaves_no_staging_folder(work, sig, code, word):
     out = work / f"signalled_release_{sig}"
-    # Two large images keep the release busy for about 30 s after its staging folder appears (the
-    # fixture's one small image, about 5 s: a loaded CI machine sent the signal after it had finished).
-    val = write_image_folder(work / f"signalled_release_val_{sig}", [(768, 768)] * 2, seed=9)
+    # Eight large images keep the release busy long after its staging folder appears; the signal
+    # goes at once, so they cost nothing when it works. (One small image lasted about 5 s, two
+    # large ones under 10 s on a quiet machine: a loaded CI machine sent the signal too late.)
+    val = write_image_folder(work / f"signalled_release_val_{sig}", [(768, 768)] * 8, seed=9)
     argv = [REPO / "aether_release.py", "--model-path", work / "good.pth", "--validation-dir", val]
     argv += ["--output-dir", out, "--skip-int8"]  # no PTQ warning: stderr holds only what the signal prints
     result, seconds = _interrupt(argv, lambda: bool(list(out.glob(STAGING + "*"))), sig)
