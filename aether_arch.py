@@ -747,14 +747,18 @@ class QuantConv2d(nn.Conv2d):
 
     @torch.no_grad()
     def refresh_weight_scale(self) -> None:
-        """max |w| / weight_qmax per output channel, but at least |bias| / (input_scale * BIAS_QMAX): a
+        self.weight_scale.copy_(self.scale_for(self.weight, self.bias, self.weight_qmax))
+
+    @torch.no_grad()
+    def scale_for(self, weight: torch.Tensor, bias: torch.Tensor | None, qmax: int) -> torch.Tensor:
+        """max |w| / qmax per output channel, but at least |bias| / (input_scale * BIAS_QMAX): a
         channel with (nearly) zero weights (dead in a trained model; a fresh model's upsampler)
         would otherwise get a scale so small that its int32 bias saturates."""
-        scale = self.weight.detach().abs().amax(dim=(1, 2, 3)).float() / self.weight_qmax
-        if self.bias is not None and self._input_quant is not None:
+        scale = weight.detach().abs().amax(dim=(1, 2, 3)).float() / qmax
+        if bias is not None and self._input_quant is not None:
             input_scale = self._input_quant.positive_scale().detach().float()
-            scale = torch.maximum(scale, self.bias.detach().abs().float() / (input_scale * BIAS_QMAX))
-        self.weight_scale.copy_(scale.clamp(min=1e-12))
+            scale = torch.maximum(scale, bias.detach().abs().float() / (input_scale * BIAS_QMAX))
+        return scale.clamp(min=1e-12)
 
     def quantized_weight(self) -> torch.Tensor:
         if self.training:
@@ -762,6 +766,10 @@ class QuantConv2d(nn.Conv2d):
             return torch.fake_quantize_per_channel_affine(
                 self.weight, self.weight_scale, self.weight_zero_point, 0, -self.weight_qmax, self.weight_qmax
             )
+        return self.grid_weight()
+
+    def grid_weight(self) -> torch.Tensor:
+        """The weights on their frozen grid (eval mode's fake quantization, ONNX's arithmetic)."""
         qmax = self.weight_qmax
         return fake_quantize(self.weight, self.weight_scale, self.weight_zero_point, -qmax, qmax, 0)
 
@@ -845,11 +853,12 @@ class QuantConv2d(nn.Conv2d):
         if isinstance(weight, torch.Tensor) and isinstance(scale, torch.Tensor) and scale.shape == weight.shape[:1]:
             # The grid is read back from the file: its largest |w| / scale is the grid's top.
             # Files from before the cpu grid was 7-bit keep their 127 and run as they were made.
+            int8_file = weight.dtype == torch.int8  # its weights are the steps themselves
             steps = weight.detach().float().abs().amax(dim=(1, 2, 3))
-            if weight.dtype != torch.int8:  # an INT8 file's weights are the steps themselves
+            if not int8_file:
                 steps = steps / scale.detach().float().clamp(min=1e-12)
             self.weight_qmax = WEIGHT_QMAX if float(steps.max()) > LEGACY_GRID_RATIO else self.profile_qmax
-            if weight.dtype == torch.int8:
+            if int8_file:
                 state_dict[prefix + "weight"] = weight.float() * scale.float().reshape(-1, 1, 1, 1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -942,10 +951,7 @@ def float_copy(model: AetherNet) -> AetherNet:
     state = {key: qat_state[key] for key in fused.state_dict()}
     for name, conv in model.named_modules():
         if isinstance(conv, QuantConv2d):
-            qmax = conv.weight_qmax
-            state[f"{name}.weight"] = fake_quantize(
-                conv.weight.detach(), conv.weight_scale, conv.weight_zero_point, -qmax, qmax, 0
-            ).clone()
+            state[f"{name}.weight"] = conv.grid_weight().detach().clone()
     fused.load_state_dict(state, strict=True)
     return fused.eval()
 
@@ -1516,15 +1522,15 @@ def _accept_float_state_dict(model: AetherNet, state_dict: dict[str, Any], prefi
         training_form.load_state_dict(float_sd, strict=True)
         state_dict.update({prefix + k: v for k, v in training_form.fuse().state_dict().items()})
     if quantizer_keys:
-        ours = model.state_dict()
-        for key in quantizer_keys:
-            state_dict.setdefault(prefix + key, ours[key])
         for name, conv in model.named_modules():
             if isinstance(conv, QuantConv2d):  # the loaded weights' own scale, on this model's grid
-                weight = state_dict[f"{prefix}{name}.weight"].detach().float()
-                state_dict[f"{prefix}{name}.weight_scale"] = (
-                    weight.abs().amax(dim=(1, 2, 3)) / conv.profile_qmax
-                ).clamp(min=1e-12)
+                key = f"{prefix}{name}."
+                state_dict[key + "weight_scale"] = conv.scale_for(
+                    state_dict[key + "weight"], state_dict.get(key + "bias"), conv.profile_qmax
+                )
+        ours = model.state_dict()
+        for key in quantizer_keys:  # the activation quantizers keep this model's state
+            state_dict.setdefault(prefix + key, ours[key])
 
 
 def holds_int8_weights(state_dict: Mapping[str, Any], prefix: str = "") -> bool:

@@ -31,7 +31,6 @@ from aether_arch import (
     holds_int8_weights,
     is_calibrated,
     load_model,
-    onednn_int8_available,
     onnx_model_proto,
     prepare_qat,
 )
@@ -145,18 +144,19 @@ def pytorch_runtime(checkpoint: Path | Mapping[str, torch.Tensor], precision: st
     # weights run in float32 math: load_model gives float32 tensors holding the float16 values.
     dtype = torch.float16 if precision == "fp16" and device.type == "cuda" else torch.float32
     math_name = str(dtype).removeprefix("torch.")
+    loaded = None
     if precision == "int8":  # which path AetherNet.forward takes (see AetherNet.int8_backend)
         int8_file = not isinstance(checkpoint, Mapping) or holds_int8_weights(checkpoint)
-        kernels = int8_file and device.type == "cpu" and onednn_int8_available()
-        # a file on the old full int8 grid runs the simulation (OneDNNInt8.supports says why)
-        kernels = kernels and OneDNNInt8.supports(load_model(checkpoint).eval())
+        # the loaded model tells (a file on the old full int8 grid runs the simulation); read once
+        loaded = load_model(checkpoint)
+        kernels = int8_file and device.type == "cpu" and OneDNNInt8.supports(loaded)
         math_name = "int8 oneDNN kernels" if kernels else "int8 simulated"
     explanation = ""
     if precision == "fp16" and dtype == torch.float32:
         explanation = "float16 weights run in float32 math: the CPU has no fast float16 convolutions"
 
     def open_model() -> Upscaler:
-        model = load_model(checkpoint).to(device=device, dtype=dtype)
+        model = (loaded if loaded is not None else load_model(checkpoint)).to(device=device, dtype=dtype)
 
         @torch.no_grad()
         def upscale(lr: np.ndarray) -> np.ndarray:
