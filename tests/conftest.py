@@ -1,4 +1,5 @@
 import contextlib
+import copy
 import io
 import os
 import random
@@ -10,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from aether_arch import PRESET_FACTORIES, AetherNet
+from aether_arch import PRESET_FACTORIES, AetherNet, QuantConv2d
 from aether_data import read_image, write_image
 
 
@@ -58,6 +59,17 @@ def trained_models():
 
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def on_the_old_grid(model: AetherNet) -> AetherNet:
+    """A copy of a cpu QAT model with its weights on the full int8 grid, as files were made
+    before the 7-bit one."""
+    old = copy.deepcopy(model)
+    for conv in old.modules():
+        if isinstance(conv, QuantConv2d):
+            conv.profile_qmax = conv.weight_qmax = 127
+            conv.refresh_weight_scale()
+    return old
 
 
 def photo_like(height: int, width: int, *, seed: int = 0) -> np.ndarray:

@@ -26,7 +26,7 @@ from aether_arch import (
     read_checkpoint,
     save_checkpoint,
 )
-from conftest import SAMPLES, train_steps
+from conftest import SAMPLES, on_the_old_grid, train_steps
 
 ZOO_X2 = SAMPLES.parent / "models" / "aether_tiny_x2.pth"  # the zoo model: 7-bit cpu weights
 
@@ -269,17 +269,6 @@ def test_int8_pth_is_int8_and_matches_onnx(tmp_path, qat_model):
     assert np.abs(from_onnx - from_pth.numpy()).max() <= 1 / 255 + 1e-6
 
 
-def _on_the_old_grid(model):
-    """A copy of a cpu QAT model with its weights on the full int8 grid, as files were made
-    before the 7-bit one."""
-    old = copy.deepcopy(model)
-    for conv in old.modules():
-        if isinstance(conv, QuantConv2d):
-            conv.profile_qmax = conv.weight_qmax = 127
-            conv.refresh_weight_scale()
-    return old
-
-
 def _val_images():
     images = []
     for path in sorted((SAMPLES / "val").glob("*.png")):
@@ -311,7 +300,7 @@ def test_int8_release_pth_runs_onednn_kernels_and_matches_onnx_on_real_images(mo
         assert np.array_equal(fast, reference)  # QLinearConv's requantization, exactly
         assert np.abs(fast - expected).max() <= 1 / 255 + 1e-6  # both land on the 8-bit grid
     assert len(calls) == len(_val_images())  # the fast path ran, once per image
-    legacy = aether_arch.build_from_state_dict(aether_arch.int8_state_dict(_on_the_old_grid(qat)))
+    legacy = aether_arch.build_from_state_dict(aether_arch.int8_state_dict(on_the_old_grid(qat)))
     with torch.inference_mode():
         legacy(_val_images()[0][..., :32, :32])
     assert len(calls) == len(_val_images()) and legacy._int8_engine is None
@@ -388,7 +377,7 @@ def test_cpu_int8_weights_add_up_in_int16_without_saturating(qat_proto):
 def test_a_file_made_on_the_old_full_int8_grid_keeps_it(qat_model):
     """QAT files from before the cpu grid became [-64, 64] read their 127 back from their
     weights and scales and run as they were trained; new and float files get the 7-bit grid."""
-    old = _on_the_old_grid(qat_model)
+    old = on_the_old_grid(qat_model)
     loaded = AetherNet(**detect_config(old.state_dict()))
     loaded.load_state_dict(old.state_dict(), strict=True)
     loaded.eval()

@@ -31,6 +31,7 @@ from conftest import (
     OnnxModelInfo,
     as_pixels,
     chainner_onnx_info,
+    on_the_old_grid,
     photo_like,
     train_steps,
     unwritable_output_dir,
@@ -154,6 +155,10 @@ def test_release_writes_every_artifact_reports_and_comparison(float_release):
         for image in run["images"]:
             assert image["output_shape"] == [1, 3, 24, 32]
             assert image["fidelity_db"] == "inf" or image["fidelity_db"] >= artifact["fidelity_floor_db"]
+            # INT8 files are also held to the quantized model's own arithmetic, and only they
+            int8_floor = artifact["int8_reference_floor_db"]
+            assert (int8_floor is not None) == (artifact["precision"] == "int8")
+            assert int8_floor is None or image["int8_reference_db"] == "inf" or image["int8_reference_db"] >= int8_floor
         # the quality under each protocol is the mean of its own images, next to bicubic's on the same LR
         for protocol in ("aa-bicubic", "sharp"):
             mine = [i for i in run["images"] if i["protocol"] == protocol]
@@ -527,6 +532,77 @@ def test_int8_is_right_for_channels_with_zero_weights(tmp_path, float_model, val
         from_pth = load_model(out / "model_int8.pth")(x).numpy()
     from_onnx = session.run(None, {"input": x.numpy()})[0]
     assert np.abs(from_pth - from_onnx).max() <= 1 / 255
+
+
+def _kernels_off_by(runtime_for, step: float):
+    """onnx_runtime, but the INT8 file's outputs are ``step`` off in a checkerboard: what int16
+    pair sums that saturate (old full int8 grid, x86 CPU without VNNI) did to ONNX Runtime's
+    integer kernels, close enough to FP32 to pass its 30 dB floor."""
+
+    def runtime(model, provider, threads):
+        inner = runtime_for(model, provider, threads)
+        if "int8" not in Path(model).name:
+            return inner
+
+        def open_model():
+            upscale = inner.open()
+
+            def off(lr):
+                out = upscale(lr)
+                return np.clip(out + step * (-1.0) ** np.indices(out.shape).sum(0), 0, 1).astype(np.float32)
+
+            return off
+
+        return aether_release.Runtime(inner.label, open_model)
+
+    return runtime
+
+
+def _qat_release_with_kernels_off(tmp_path, monkeypatch, float_model, val_dir, *, old_grid: bool):
+    """(exit code, stderr, report's artifacts by name) of a QAT checkpoint's release whose INT8
+    ONNX outputs are 1/255 off (see _kernels_off_by)."""
+    model = prepare_qat(copy.deepcopy(float_model), int8_profile="cpu")
+    calibrate_int8(model, [to_tensor(photo_like(12, 16, seed=seed)) for seed in range(3)])
+    path = tmp_path / "qat.pth"
+    save_checkpoint(on_the_old_grid(model) if old_grid else model, path)
+    monkeypatch.setattr(aether_release, "onnx_runtime", _kernels_off_by(aether_release.onnx_runtime, 1 / 255))
+    out = tmp_path / "out"
+    code, _, stderr = release(path, val_dir, out, "--skip-fp16", "--skip-ncnn")
+    assert (out / "model_int8.onnx.failed").is_file() and (out / "model_int8.pth").is_file()
+    artifacts = json.loads((out / "release_report.json").read_text())["artifacts"]
+    return code, stderr, {a["artifact"]: a for a in artifacts}
+
+
+def test_int8_kernels_off_the_quantized_arithmetic_fail_though_near_fp32(tmp_path, monkeypatch, float_model, val_dir):
+    """The INT8 reference check catches what the FP32 floor lets through (the neighbours'
+    releases pass it); a 7-bit file gets no advice to re-train."""
+    code, stderr, artifacts = _qat_release_with_kernels_off(tmp_path, monkeypatch, float_model, val_dir, old_grid=False)
+    assert code == 1 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("aether_release.py: error:")]
+    assert len(errors) == 1 and "model_int8.onnx failed validation" in errors[0]
+    assert "PSNR vs the INT8 reference (the quantized model simulated in PyTorch)" in errors[0]
+    assert "below the 60 dB floor" in errors[0] and "FP32 PyTorch output" not in errors[0]
+    (run,) = artifacts["model_int8.onnx"]["runs"]
+    assert run["worst_fidelity_db"] >= artifacts["model_int8.onnx"]["fidelity_floor_db"]  # the old check passes it
+    assert run["worst_int8_reference_db"] < artifacts["model_int8.onnx"]["int8_reference_floor_db"] == 60.0
+    (pth,) = artifacts["model_int8.pth"]["runs"]  # oneDNN's kernels on the same grids pass
+    assert pth["passed"] and pth["worst_int8_reference_db"] >= 60.0
+    assert "QAT-trained on the full [-127, 127] weight grid" not in stderr
+
+
+def test_an_old_grid_file_that_misses_the_int8_reference_is_told_to_re_train(
+    tmp_path, monkeypatch, float_model, val_dir
+):
+    code, stderr, artifacts = _qat_release_with_kernels_off(tmp_path, monkeypatch, float_model, val_dir, old_grid=True)
+    assert code == 1 and "Traceback" not in stderr
+    (run,) = artifacts["model_int8.onnx"]["runs"]
+    assert run["worst_int8_reference_db"] < 60.0
+    (pth,) = artifacts["model_int8.pth"]["runs"]  # an old-grid model_int8.pth runs the simulation itself
+    assert pth["passed"] and pth["worst_int8_reference_db"] == "inf"
+    assert "model_int8.onnx in ONNX Runtime CPU missed the INT8 reference" in stderr
+    assert (
+        "QAT-trained on the full [-127, 127] weight grid" in stderr and "aether_train.py --qat --pretrained" in stderr
+    )
 
 
 def test_failed_artifact_is_named_and_not_left_under_its_name(tmp_path, monkeypatch, float_checkpoint, val_dir):
