@@ -55,7 +55,14 @@ from aether_degrade import PROTOCOLS, RECIPES
 from aether_measure import time_interleaved, time_sessions
 from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
 from aether_runtime import int8_model, onnx_models, ort_session
-from aether_training import Processes, Trainer, TrainingOptions, TrainingPolicy, load_pretrained, loss_function
+from aether_training import (
+    Trainer,
+    TrainingOptions,
+    TrainingPolicy,
+    load_pretrained,
+    loss_function,
+    start_processes,
+)
 
 REFERENCE = "aether_tiny"
 
@@ -183,22 +190,24 @@ def peer_options(args: argparse.Namespace) -> TrainingOptions:
         stop_at=args.stop_at,
         val_every=args.val_every,
         save_every=args.save_every,
+        log_every=args.log_every,
         threads=args.threads,
         seed=args.seed,
-        device="cpu",
+        device=args.device,
     ).check()
 
 
 def run_train_peer(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     options = peer_options(args)
+    processes = start_processes(options.device)
     torch.manual_seed(options.seed)
     model = PEERS[args.peer].build(options.scale)
     policy = TrainingPolicy()
     if options.pretrained and options.resume is None:  # resuming: the weights are in the state
         load_pretrained(model, options.pretrained, policy)
     command = f"{args.command_line}  # {args.peer} as recommended by {PEER_TRAINING[args.peer].source}"
-    trainer = Trainer(model, options, Processes(0, 1, torch.device("cpu")), command=command, policy=policy)
+    trainer = Trainer(model, options, processes, command=command, policy=policy)
     try:
         trainer.run()
     finally:
@@ -248,15 +257,33 @@ def exported(name: str, path: str, scale: int, calibration_dir: str) -> Exported
     return Exported(fp32, protos["fp32"].SerializeToString(), protos["int8"].SerializeToString(), AETHER_INT8, metadata)
 
 
+def logged_training_seconds(text: str) -> float:
+    """Seconds of training steps in a train.log, summed over its sittings (one per "command:"
+    line): a sitting's summary ("... steps in N s of training steps", written when it finishes
+    or is stopped), or for one killed before it could write one, its last logged step at its
+    last logged rate (steps it ran past the state it was resumed from count: they cost time)."""
+    total = 0.0
+    for sitting in re.split(r"^\S+ \S+  command: ", text, flags=re.MULTILINE)[1:]:
+        summaries = re.findall(r"steps in ([0-9.]+) s of training steps", sitting)
+        if summaries:
+            total += float(summaries[-1])
+            continue
+        logged = re.findall(r"step ([0-9]+)/[0-9]+: loss .* ([0-9.]+) it/s$", sitting, flags=re.MULTILINE)
+        resumed = re.findall(r"resumed from .* at step ([0-9]+)$", sitting, flags=re.MULTILINE)
+        if logged and float(logged[-1][1]) > 0:
+            total += (int(logged[-1][0]) - (int(resumed[-1]) if resumed else 0)) / float(logged[-1][1])
+    return total
+
+
 def training_cost(path: str, metadata: dict[str, Any]) -> tuple[float, int | None]:
     """(seconds of training steps, steps) behind a checkpoint: the seconds in its run folder's
-    train.log ("... in N s of training steps", summed over sittings; in proportion to the
-    checkpoint's step when the run went on past it; 0 without a log), plus the same for the
-    checkpoint a later stage started from (--pretrained) while that file is still there."""
+    train.log (logged_training_seconds; in proportion to the checkpoint's step when the run went
+    on past it; 0 without a log), plus the same for the checkpoint a later stage started from
+    (--pretrained) while that file is still there."""
     steps = int(metadata["step"]) if "step" in metadata else None
     log = Path(path).parent / "train.log"
     text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
-    seconds = sum(float(m) for m in re.findall(r"steps in ([0-9.]+) s of training steps", text))
+    seconds = logged_training_seconds(text)
     finished = [int(m) for m in re.findall(r"finished step ([0-9]+)/", text)]
     if steps and finished and max(finished) > steps:
         seconds *= steps / max(finished)
@@ -380,8 +407,10 @@ def add_zoo_parsers(commands: argparse._SubParsersAction) -> None:
     peer.add_argument("--stop-at", type=whole_number(1), metavar="STEP")
     peer.add_argument("--val-every", type=whole_number(0), default=1500)
     peer.add_argument("--save-every", type=whole_number(0), default=500)
+    peer.add_argument("--log-every", type=whole_number(1), default=DEFAULTS.log_every)
     peer.add_argument("--seed", type=whole_number(0), default=0)
     peer.add_argument("--threads", type=whole_number(1), default=2)
+    peer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="(default: cpu)")
     peer.set_defaults(run=run_train_peer)
 
     quality = commands.add_parser("quality", help="PSNR of trained checkpoints on both LR protocols, with INT8 latency")

@@ -1000,6 +1000,11 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
+            if self.step < stop and self.step > first_step:  # interrupted or diverged: what this sitting cost
+                self.log(
+                    f"stopped at step {self.step}/{options.steps}: {self.step - first_step} steps in "
+                    f"{train_seconds:.1f} s of training steps"
+                )
         wall = time.perf_counter() - self.started
         self.log(
             f"finished step {self.step}/{options.steps}: {self.step - first_step} steps in "

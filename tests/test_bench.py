@@ -380,6 +380,39 @@ def results_rows(out, val):
     return json.loads((out / "quality_results.json").read_text())[str(val)]["rows"]
 
 
+def test_training_seconds_add_up_sittings_including_one_killed_without_its_summary():
+    killed = [
+        "2026-12-03 13:07:47  command: aether_train.py --steps 1000",
+        "2026-12-03 13:09:00  step 100/1000: loss 0.03 (rank 0's batches), lr 0.002, 1.00 it/s",
+        "2026-12-03 13:09:50  step 200/1000: loss 0.02 (rank 0's batches), lr 0.002, 2.00 it/s",
+    ]
+    resumed = [
+        "2026-12-03 15:01:24  command: aether_train.py --steps 1000 --resume run",
+        "2026-12-03 15:01:24  note: resumed from run/training_state.pth at step 100",
+        "2026-12-03 15:05:00  step 300/1000: loss 0.02 (rank 0's batches), lr 0.001, 1.00 it/s",
+        "2026-12-03 15:09:00  stopped at step 400/1000: 300 steps in 250.0 s of training steps",
+    ]
+    finished = [
+        "2026-12-03 17:25:02  command: aether_train.py --steps 1000 --resume run",
+        "2026-12-03 17:25:02  note: resumed from run/training_state.pth at step 400",
+        "2026-12-03 18:45:39  finished step 1000/1000: 600 steps in 450.0 s of training steps (1.33 it/s)",
+    ]
+    seconds = aether_bench_zoo.logged_training_seconds
+    assert seconds("\n".join(killed + resumed + finished)) == pytest.approx(200 / 2.0 + 250.0 + 450.0)
+    assert seconds("\n".join(resumed + finished)) == pytest.approx(700.0)
+    killed_after_resume = ["2026-12-03 15:01:24  command: x", *resumed[1:3]]
+    assert seconds("\n".join(killed_after_resume)) == pytest.approx((300 - 100) / 1.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_train_peer_on_a_missing_gpu_is_a_one_line_error(tmp_path, capsys):
+    train = write_image_folder(tmp_path / "train", [(64, 64)], seed=1)
+    argv = ["train-peer", "SPAN-28", "--steps", "1", "--train-dir", str(train), "--out-dir", str(tmp_path / "run")]
+    assert aether_bench.main([*argv, "--device", "cuda"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "--device cuda: no CUDA device" in errors[0] and not (tmp_path / "run").exists()
+
+
 def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeypatch, capsys):
     train = write_image_folder(tmp_path / "train", [(200, 200), (220, 210)], seed=1)
     val = write_image_folder(tmp_path / "val", [(48, 40), (40, 44)], seed=2)

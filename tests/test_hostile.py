@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -405,6 +406,8 @@ def test_a_signalled_training_run_prints_one_line(work, sig, code, word):
     assert result.returncode == code and seconds < 30
     assert one_error_line(result.stderr, "aether_train.py") == f"aether_train.py: {word}"
     assert not leftovers(out)
+    # the log keeps what the sitting cost, for the benchmark's training wall time
+    assert re.search(r"stopped at step \d+/100000: \d+ steps in [0-9.]+ s of training steps$", log.read_text(), re.M)
 
 
 def test_a_signalled_upscale_leaves_finished_images_and_no_partial_file(work, tmp_path):
