@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import statistics
 import sys
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from aether_training import (
     load_pretrained,
     loss_function,
     start_processes,
+    training_cost,
 )
 
 REFERENCE = "aether_tiny"
@@ -255,46 +255,6 @@ def exported(name: str, path: str, scale: int, calibration_dir: str) -> Exported
     int8, _ = int8_model(model, fp32, profile="cpu", calibration=[])
     protos = onnx_models(fp32, int8, fp16=False)
     return Exported(fp32, protos["fp32"].SerializeToString(), protos["int8"].SerializeToString(), AETHER_INT8, metadata)
-
-
-def logged_training_seconds(text: str) -> float:
-    """Seconds of training steps in a train.log, summed over its sittings (one per "command:"
-    line): a sitting's summary ("... steps in N s of training steps", written when it finishes
-    or is stopped), or for one killed before it could write one, its last logged step at its
-    last logged rate (steps it ran past the state it was resumed from count: they cost time)."""
-    total = 0.0
-    for sitting in re.split(r"^\S+ \S+  command: ", text, flags=re.MULTILINE)[1:]:
-        summaries = re.findall(r"steps in ([0-9.]+) s of training steps", sitting)
-        if summaries:
-            total += float(summaries[-1])
-            continue
-        logged = re.findall(r"step ([0-9]+)/[0-9]+: loss .* ([0-9.]+) it/s$", sitting, flags=re.MULTILINE)
-        resumed = re.findall(r"resumed from .* at step ([0-9]+)$", sitting, flags=re.MULTILINE)
-        if logged and float(logged[-1][1]) > 0:
-            total += (int(logged[-1][0]) - (int(resumed[-1]) if resumed else 0)) / float(logged[-1][1])
-    return total
-
-
-def training_cost(path: str, metadata: dict[str, Any]) -> tuple[float, int | None]:
-    """(seconds of training steps, steps) behind a checkpoint: the seconds in its run folder's
-    train.log (logged_training_seconds; in proportion to the checkpoint's step when the run went
-    on past it; 0 without a log), plus the same for the checkpoint a later stage started from
-    (--pretrained) while that file is still there."""
-    steps = int(metadata["step"]) if "step" in metadata else None
-    log = Path(path).parent / "train.log"
-    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
-    seconds = logged_training_seconds(text)
-    finished = [int(m) for m in re.findall(r"finished step ([0-9]+)/", text)]
-    if steps and finished and max(finished) > steps:
-        seconds *= steps / max(finished)
-    earlier = metadata.get("pretrained")
-    if steps is not None and earlier and Path(earlier).is_file():
-        try:
-            earlier_seconds, earlier_steps = training_cost(earlier, read_checkpoint(earlier)[1])
-        except AetherCheckpointError:  # gone bad since: this stage's own cost only
-            return seconds, steps
-        seconds, steps = seconds + earlier_seconds, steps + (earlier_steps or 0)
-    return seconds, steps
 
 
 def run_quality(args: argparse.Namespace) -> int:

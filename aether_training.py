@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -698,6 +699,54 @@ class RunLog:
             self.file.close()
 
 
+def logged_training_seconds(text: str) -> float:
+    """Seconds of training steps in a train.log, summed over its sittings (one per "command:"
+    line): a sitting's summary ("... steps in N s of training steps", written when it finishes
+    or is stopped), or for one killed before it could write one, its last logged step at its
+    last logged rate (steps it ran past the state it was resumed from count: they cost time)."""
+    total = 0.0
+    for sitting in re.split(r"^\S+ \S+  command: ", text, flags=re.MULTILINE)[1:]:
+        summaries = re.findall(r"steps in ([0-9.]+) s of training steps", sitting)
+        if summaries:
+            total += float(summaries[-1])
+            continue
+        logged = re.findall(r"step ([0-9]+)/[0-9]+: loss .* ([0-9.]+) it/s$", sitting, flags=re.MULTILINE)
+        resumed = re.findall(r"resumed from .* at step ([0-9]+)$", sitting, flags=re.MULTILINE)
+        if logged and float(logged[-1][1]) > 0:
+            total += (int(logged[-1][0]) - (int(resumed[-1]) if resumed else 0)) / float(logged[-1][1])
+    return total
+
+
+def training_cost(path: str, metadata: dict[str, Any]) -> tuple[float, int | None]:
+    """(seconds of training steps, steps) behind a checkpoint, earlier stages included. What the
+    trainer records in it ("training_seconds": this run's, over all its sittings; "pretrained_cost":
+    the stages before, when it started from --pretrained); for checkpoints written before it
+    recorded them, its run folder's train.log (logged_training_seconds, in proportion to the
+    checkpoint's step when the run went on past it; 0 without a log) and the same for the
+    checkpoint it started from while that file is still there."""
+    steps = int(metadata["step"]) if "step" in metadata else None
+    if isinstance(metadata.get("training_seconds"), (int, float)):
+        seconds = float(metadata["training_seconds"])
+    else:
+        log = Path(path).parent / "train.log"
+        text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+        seconds = logged_training_seconds(text)
+        finished = [int(m) for m in re.findall(r"finished step ([0-9]+)/", text)]
+        if steps and finished and max(finished) > steps:
+            seconds *= steps / max(finished)
+    recorded = metadata.get("pretrained_cost")
+    if isinstance(recorded, dict) and steps is not None:
+        return seconds + float(recorded["seconds"]), steps + int(recorded["steps"])
+    earlier = metadata.get("pretrained")
+    if steps is not None and earlier and Path(earlier).is_file():
+        try:
+            earlier_seconds, earlier_steps = training_cost(earlier, aether_arch.read_checkpoint(earlier)[1])
+        except aether_arch.AetherCheckpointError:  # gone bad since: this stage's own cost only
+            return seconds, steps
+        seconds, steps = seconds + earlier_seconds, steps + (earlier_steps or 0)
+    return seconds, steps
+
+
 def load_pretrained(model: nn.Module, path: str, policy: TrainingPolicy) -> None:
     """``--pretrained``: the checkpoint's weights (its EMA where it has one), strictly."""
     try:
@@ -772,6 +821,11 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_fn = loss_function(options.loss)
         self.step = 0
+        # seconds of training steps before this sitting (None: resumed from a state saved before
+        # they were recorded) and in this sitting; what the stages before this run cost
+        self.seconds_before: float | None = 0.0 if state is None else state.get("training_seconds")
+        self.sitting_seconds = 0.0
+        self.pretrained_cost = self._pretrained_cost()
         self.last_validation: dict[str, Any] | None = None
         self.norm_frozen_from = self._norm_freeze_step()
 
@@ -825,6 +879,18 @@ class Trainer:
             self.log("note: --pretrained is ignored when resuming (weights come from the saved state)")
         if not self.val_images:
             self.log("note: no --val-dir, so no validation")
+
+    def _pretrained_cost(self) -> dict[str, Any] | None:
+        """{"seconds", "steps"} behind --pretrained (training_cost), for this run's checkpoints."""
+        if not self.options.pretrained:
+            return None
+        try:
+            seconds, steps = training_cost(
+                self.options.pretrained, aether_arch.read_checkpoint(self.options.pretrained)[1]
+            )
+        except aether_arch.AetherCheckpointError:  # resuming without the file: its cost is unknown
+            return None
+        return None if steps is None else {"seconds": round(seconds, 1), "steps": steps}
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not self.options.amp or self.device.type != "cuda":
@@ -926,8 +992,12 @@ class Trainer:
             "world_size": self.processes.world_size,
             "degradation": {"recipe": self.options.degradation, **self.recipe.as_dict()},
         }
-        if self.options.pretrained:  # a later stage: what it started from (the benchmark adds up the cost)
+        if self.seconds_before is not None:
+            extra["training_seconds"] = round(self.seconds_before + self.sitting_seconds, 1)
+        if self.options.pretrained:  # a later stage: what it started from and what that cost
             extra["pretrained"] = str(Path(self.options.pretrained).resolve())
+            if self.pretrained_cost is not None:
+                extra["pretrained_cost"] = self.pretrained_cost
         if self.last_validation is not None:
             # val_psnr / val_bicubic_psnr: the benchmark protocol, under the names neosr and
             # traiNNer-redux users read; "validation" has every protocol
@@ -956,6 +1026,8 @@ class Trainer:
             "grad_scaler": self.grad_scaler.state_dict(),
             "rng": rng_states(sampler_states),
         }
+        if self.seconds_before is not None:
+            state["training_seconds"] = self.seconds_before + self.sitting_seconds
         save_atomically(state, self.out_dir / TRAINING_STATE_NAME)
         self.log(f"step {self.step}: saved net_g_{self.step}.pth, net_g_latest.pth, {TRAINING_STATE_NAME}")
 
@@ -986,6 +1058,7 @@ class Trainer:
                 if self.step % 10 == 0:  # .item() waits for the device: not every step
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 train_seconds += time.perf_counter() - tick
+                self.sitting_seconds = train_seconds
                 if self.step % options.log_every == 0:
                     self.check_finite(loss_sum)
                     self.log(

@@ -19,6 +19,7 @@ import aether_bench
 import aether_bench_plots
 import aether_bench_report
 import aether_bench_zoo
+import aether_training
 from aether_arch import PRESET_FACTORIES, RepConv
 from aether_bench_design import DESIGNS, Candidate, random_deploy_form
 from aether_bench_quality import calibration_crops, measure_quality
@@ -397,7 +398,7 @@ def test_training_seconds_add_up_sittings_including_one_killed_without_its_summa
         "2026-12-03 17:25:02  note: resumed from run/training_state.pth at step 400",
         "2026-12-03 18:45:39  finished step 1000/1000: 600 steps in 450.0 s of training steps (1.33 it/s)",
     ]
-    seconds = aether_bench_zoo.logged_training_seconds
+    seconds = aether_training.logged_training_seconds
     assert seconds("\n".join(killed + resumed + finished)) == pytest.approx(200 / 2.0 + 250.0 + 450.0)
     assert seconds("\n".join(resumed + finished)) == pytest.approx(700.0)
     killed_after_resume = ["2026-12-03 15:01:24  command: x", *resumed[1:3]]

@@ -25,8 +25,10 @@ import torch
 import aether_ncnn
 import aether_release
 from aether_arch import aether_tiny, calibrate_int8, detect_config, load_model, prepare_qat, save_checkpoint
+from aether_bench_quality import bicubic_upscaler, held_out_pairs, psnr_per_image
 from aether_data import psnr, read_image, to_image, to_tensor, write_image
 from conftest import (
+    SAMPLES,
     UNWRITABLE_KINDS,
     OnnxModelInfo,
     as_pixels,
@@ -273,6 +275,34 @@ def test_worse_than_bicubic_on_sharp_input_is_a_warning_and_the_zoo_model_is_not
     run = json.loads((tmp_path / "zoo" / "release_report.json").read_text())["artifacts"][0]["runs"][0]
     for protocol in ("aa-bicubic", "sharp"):
         assert run["mean_quality_db_by_protocol"][protocol] > run["mean_bicubic_db_by_protocol"][protocol]
+
+
+# Every QAT model of the zoo (not the float checkpoints its QAT started from)
+ZOO = sorted(p.name for p in MODELS.glob("aether_*_x[0-9].pth"))
+
+
+@pytest.mark.parametrize("name", [*ZOO, "first sample"])
+def test_every_zoo_model_beats_bicubic_on_both_protocols_in_int8(name):
+    """The INT8 model (its QAT simulation, which the INT8 files match) on samples/val; the first
+    sample, trained on antialiased bicubic LR only, is the neighbour that loses on sharp LR."""
+    path = SAMPLES / "aether_tiny_x2.pth" if name == "first sample" else MODELS / name
+    model = load_model(path)
+    assert model.qat
+    scale = model.scale
+
+    def upscale(lr):
+        with torch.no_grad():
+            return model(torch.from_numpy(lr)).numpy()
+
+    gains = {}
+    for protocol in ("aa-bicubic", "sharp"):
+        pairs = held_out_pairs(str(SAMPLES / "val"), scale, protocol)
+        ours, bicubic = (np.mean(psnr_per_image(f, pairs, scale)) for f in (upscale, bicubic_upscaler(scale)))
+        gains[protocol] = ours - bicubic
+    if name == "first sample":
+        assert gains["aa-bicubic"] > 1.0 and gains["sharp"] < -1.0, gains
+    else:
+        assert min(gains.values()) > 0.3, gains
 
 
 @pytest.mark.skipif(not OLD_ORT_PYTHON, reason="set AETHER_OLD_ORT_PYTHON to a Python with onnxruntime==1.17.1")

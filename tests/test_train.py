@@ -3,6 +3,7 @@ QAT (from a float checkpoint and switched mid-run), bad input, and DDP with 2 CP
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 import aether_train
 from aether_arch import detect_config, is_calibrated, load_model
 from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor
-from aether_training import PatchSampler, detail
+from aether_training import PatchSampler, detail, training_cost
 from conftest import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +123,11 @@ def test_resume_is_bit_exact_across_the_qat_switch(data, tmp_path):
     assert json.loads(expected["metadata"])["qat"] is True
     assert is_calibrated(load_model(whole / "net_g_latest.pth"))
     assert "after step 5: switched to QAT" in (whole / "train.log").read_text()
+    # the cost of the steps behind a checkpoint is in it, the resumed run's summed over sittings
+    first_sitting = json.loads(_weights(split / "net_g_3.pth")["metadata"])["training_seconds"]
+    both = json.loads(actual["metadata"])["training_seconds"]
+    logged = re.findall(r"steps in ([0-9.]+) s of training steps", (split / "train.log").read_text())
+    assert 0 < first_sitting < both and both == pytest.approx(sum(map(float, logged)), abs=0.15)
 
 
 def test_qat_fine_tuning_from_a_float_checkpoint(data, float_run, tmp_path):
@@ -150,6 +156,12 @@ def test_qat_fine_tuning_from_a_float_checkpoint(data, float_run, tmp_path):
     assert scales and all(0.5 < float(ema[k] / raw[k]) < 2 for k in scales)
     # ... and validation ran the EMA model as saved, quantizers active
     assert json.loads(checkpoint["metadata"])["val_psnr"] == pytest.approx(_mean_psnr(model, data["val"]), abs=1e-3)
+    # what the float run cost travels with the QAT checkpoint (its run folder may be gone)
+    cost = json.loads(checkpoint["metadata"])["pretrained_cost"]
+    float_metadata = json.loads(_weights(float_run / "net_g_latest.pth")["metadata"])
+    assert cost == {"seconds": float_metadata["training_seconds"], "steps": float_metadata["step"]}
+    seconds, steps = training_cost(str(out / "net_g_latest.pth"), json.loads(checkpoint["metadata"]))
+    assert steps == 3 + float_metadata["step"] and seconds > cost["seconds"] > 0
 
 
 def _mean_psnr(model, folder, scale=2):
