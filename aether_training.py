@@ -717,6 +717,15 @@ def logged_training_seconds(text: str) -> float:
     return total
 
 
+def logged_seconds(state_path: Path | None) -> float | None:
+    """The seconds of training steps in the train.log beside a training state saved before
+    states recorded them (None without a log)."""
+    log = state_path.parent / "train.log" if state_path is not None else None
+    if log is None or not log.is_file():
+        return None
+    return logged_training_seconds(log.read_text(encoding="utf-8", errors="replace"))
+
+
 def training_cost(path: str, metadata: dict[str, Any]) -> tuple[float, int | None]:
     """(seconds of training steps, steps) behind a checkpoint, earlier stages included. What the
     trainer records in it ("training_seconds": this run's, over all its sittings; "pretrained_cost":
@@ -821,9 +830,9 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_fn = loss_function(options.loss)
         self.step = 0
-        # seconds of training steps before this sitting (None: resumed from a state saved before
-        # they were recorded) and in this sitting; what the stages before this run cost
-        self.seconds_before: float | None = 0.0 if state is None else state.get("training_seconds")
+        # seconds of training steps before this sitting (from the log for a state saved before
+        # states recorded them; None without one) and in this sitting; what earlier stages cost
+        self.seconds_before = 0.0 if state is None else state.get("training_seconds", logged_seconds(state_path))
         self.sitting_seconds = 0.0
         self.pretrained_cost = self._pretrained_cost()
         self.last_validation: dict[str, Any] | None = None

@@ -353,10 +353,14 @@ def test_a_state_from_before_the_recipes_resumes_as_bicubic_with_every_crop_kept
     config = json.loads(state["config"])
     del config["degradation"], config["min_patch_detail"], config["beta2"]  # as saved before these options
     state["config"] = json.dumps(config)
+    del state["training_seconds"]  # nor did states keep what their steps cost: the log has it
     torch.save(state, run / "training_state.pth")
     argv = [*TINY, "--train-dir", str(data["train"]), "--steps", "4", "--degradation", "bicubic"]
     assert aether_train.main([*argv, "--min-patch-detail", "0", "--resume", str(run)]) == 0
     assert "changed options" not in (run / "train.log").read_text()
+    logged = re.findall(r"steps in ([0-9.]+) s of training steps", (run / "train.log").read_text())
+    seconds = json.loads(_weights(run / "net_g_4.pth")["metadata"])["training_seconds"]
+    assert len(logged) == 2 and seconds == pytest.approx(sum(map(float, logged)), abs=0.15)
     # today's defaults on the same old state are a change, and are said to be one
     assert aether_train.main([*TINY, "--train-dir", str(data["train"]), "--steps", "6", "--resume", str(run)]) == 0
     changed = [line for line in (run / "train.log").read_text().splitlines() if "changed options" in line]
