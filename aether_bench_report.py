@@ -690,7 +690,7 @@ def zoo_quality_sections(zoo: dict[str, QualityResult], source: str) -> list[str
         "recipe and the same two stages, for the steps that give it the same wall-clock budget on this "
         "machine (aether_bench.py step-budget); each peer with its authors' learning rate and settings. "
         "PSNR: RGB, 8-bit, border = scale, in ONNX Runtime, on held-out images never trained on, under "
-        "both LR protocols (aa-bicubic: antialiased bicubic; sharp: cubic without antialiasing); "
+        "both LR protocols (aa-bicubic: antialiased bicubic; sharp: cubic without antialiasing; LR rounded to 8 bits); "
         "(+x.xx) = INT8 − bicubic on the same LR. AetherNet's INT8 is its QAT checkpoint's Q/DQ export, "
         "a peer's ORT static PTQ. This replaces the short equal-step comparison of the runs before it.",
         "",

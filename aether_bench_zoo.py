@@ -319,11 +319,13 @@ def run_quality(args: argparse.Namespace) -> int:
         lines += quality_folder_section(folder, result, plot)
     lines += [
         "PSNR: RGB, 8-bit, border = scale, in ONNX Runtime, mean over each held-out folder, under both LR "
-        "protocols (aa-bicubic: antialiased bicubic, the SR benchmark's; sharp: cubic without antialiasing); "
-        "(+x.xx) = INT8 − bicubic on the same LR. FP32 = the release's model_fp32.onnx of the checkpoint. "
+        "protocols (aa-bicubic: antialiased bicubic, the SR benchmark's; sharp: cubic without antialiasing; LR "
+        "rounded to 8 bits); (+x.xx) = INT8 − bicubic on the same LR. FP32 = the release's model_fp32.onnx of "
+        "the checkpoint. "
         f"INT8 latency: median (min-max) ms of interleaved runs on 1×3×{args.size}×{args.size}, spinning off. "
-        "Training wall time: the seconds of training steps in the train.log beside the checkpoint (— when "
-        "there is none). **BELOW BICUBIC** marks a model worse than bicubic: for a peer, a broken comparison "
+        "Training wall time: the seconds of training steps behind the checkpoint, earlier stages included "
+        "(recorded in it, or read from the train.log beside it; — when neither). **BELOW BICUBIC** marks a "
+        "model worse than bicubic: for a peer, a broken comparison "
         "(too short a budget or wrong settings), not a result; for an AetherNet model, a missed target.",
         "",
     ]

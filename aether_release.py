@@ -848,7 +848,7 @@ def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> st
         ncnn_line(report["ncnn"]),
         f"* Validation: {len({i['name'] for i in report['images']})} image(s) from `{report['validation_dir']}`. "
         "Each is mod-cropped, downscaled under each LR protocol (aa-bicubic: antialiased bicubic, the SR "
-        "benchmark's; sharp: cubic without antialiasing, as many cameras and phones downscale) and upscaled "
+        "benchmark's; sharp: cubic without antialiasing, as many cameras and phones downscale; 8-bit LR) and upscaled "
         "by every artifact; fidelity = worst PSNR against the FP32 PyTorch output on the same input, "
         "vs INT8 reference = worst PSNR of an INT8 file against the quantized model simulated in PyTorch "
         "(kernels that do the graph's arithmetic only flip roundings), "
