@@ -469,9 +469,9 @@ def qat_command_hint(config: dict[str, Any], model_path: str) -> str:
             blocks = "" if same_depth else f" --num-blocks {config['num_blocks']}"
             return (
                 f"python3 aether_train.py --qat --pretrained {model_path} --preset {name} "
-                f"--scale {config['scale']}{blocks} --lr 5e-5 --train-dir HR_IMAGES --steps N"
+                f"--scale {config['scale']}{blocks} --lr 1e-4 --steps 2000 --train-dir HR_IMAGES"
             )
-    return f"python3 aether_train.py --qat --pretrained {model_path} --lr 5e-5 ... (custom config)"
+    return f"python3 aether_train.py --qat --pretrained {model_path} --lr 1e-4 --steps 2000 ... (custom config)"
 
 
 def warn_about_ptq(

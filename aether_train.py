@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--qat",
         action="store_true",
         help="train the quantization-aware (INT8-simulating) form for the whole "
-        "run; usually with --pretrained FLOAT_CKPT and --lr 5e-5. Activation "
+        "run; usually with --pretrained FLOAT_CKPT, --lr 1e-4 and --steps 2000. Activation "
         "ranges are set from the first training batch, then learned",
     )
     model.add_argument(
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=real_number(0, above=True),
         default=DEFAULTS.lr,
-        help="peak learning rate (AdamW); use about 5e-5 for QAT fine-tuning",
+        help="peak learning rate (AdamW); use about 1e-4 for QAT fine-tuning",
     )
     optim.add_argument("--min-lr", type=real_number(0), default=DEFAULTS.min_lr, help="end of the cosine decay")
     optim.add_argument("--warmup", type=whole_number(0), default=DEFAULTS.warmup, help="linear warmup steps")
