@@ -899,7 +899,7 @@ class Trainer:
             )
         except aether_arch.AetherCheckpointError:  # resuming without the file: its cost is unknown
             return None
-        return None if steps is None else {"seconds": round(seconds, 1), "steps": steps}
+        return None if steps is None else {"seconds": round(seconds, 3), "steps": steps}
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not self.options.amp or self.device.type != "cuda":
@@ -1002,7 +1002,7 @@ class Trainer:
             "degradation": {"recipe": self.options.degradation, **self.recipe.as_dict()},
         }
         if self.seconds_before is not None:
-            extra["training_seconds"] = round(self.seconds_before + self.sitting_seconds, 1)
+            extra["training_seconds"] = round(self.seconds_before + self.sitting_seconds, 3)
         if self.options.pretrained:  # a later stage: what it started from and what that cost
             extra["pretrained"] = str(Path(self.options.pretrained).resolve())
             if self.pretrained_cost is not None:
