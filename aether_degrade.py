@@ -183,7 +183,7 @@ class Recipe:
             noise = torch.randn(lr.shape, generator=generator) * (sigmas * noisy).view(n, 1, 1, 1)
             lr = (lr + noise.to(lr.device)).clamp(0, 1)
         if self.quantize:
-            lr = (lr * 255).round() / 255
+            lr = on_8bit_grid(lr)
         if self.jpeg_prob:
             compress = torch.rand(n, generator=generator) < self.jpeg_prob
             low, high = self.jpeg_quality
@@ -234,6 +234,11 @@ def parse_kernels(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(pairs)
 
 
+def on_8bit_grid(image: torch.Tensor) -> torch.Tensor:
+    """``image`` (in [0, 1]) rounded to the 256 levels of a uint8 image, kept as float."""
+    return (image * 255).round() / 255
+
+
 def protocol_lr(hr: torch.Tensor, scale: int, protocol: str) -> torch.Tensor:
     """The LR input of an evaluation protocol (PROTOCOLS), rounded to 8 bits as every image a
     user upscales is (MATLAB's imresize and cv2.resize of a uint8 image return uint8). Unrounded,
@@ -241,4 +246,4 @@ def protocol_lr(hr: torch.Tensor, scale: int, protocol: str) -> torch.Tensor:
     gained 0.9 dB on near-flat images, ~50 dB), while an INT8 model rounds its input first."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    return (downscale(hr, scale, PROTOCOLS[protocol]) * 255).round() / 255
+    return on_8bit_grid(downscale(hr, scale, PROTOCOLS[protocol]))
