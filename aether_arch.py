@@ -16,8 +16,8 @@ Design notes
 * Designed for integer throughput (v2): every conv is dense and works on all channels (large
   kernels on >= 48 channels keep ONNX Runtime's INT8 kernels near their peak; no split/concat,
   no 1x1 mixing convs in the body), blocks alternate a k x k and a 3 x 3 second conv, and the
-  output head is two 1x1 convs (features -> sub-pixels, and a shortcut from the input) whose
-  sum lands on the 8-bit image grid. The README's architecture section has the measurements.
+  output head is two 1x1 convs (features -> sub-pixels, and a fixed nearest-neighbour shortcut
+  from the input, exact on the INT8 grid) whose sum lands on the 8-bit image grid. The README's architecture section has the measurements.
 * Quantization-aware training (``qat=True`` / ``prepare_qat``) fine-tunes the fused form with
   the exact INT8 arithmetic of the exported Q/DQ graph, output included (see the QAT section).
 * Input and output are RGB, float, NCHW, range [0, 1]; there is no mean subtraction (the head
@@ -176,6 +176,17 @@ def make_conv(in_channels: int, out_channels: int, kernel_sizes: tuple[int, ...]
     return RepConv(in_channels, out_channels, kernel_sizes)
 
 
+def fixed_weights(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` with its weight and bias as buffers: saved and loaded under the same keys, but
+    not parameters, so no optimizer (ours, neosr's, traiNNer-redux's) trains them."""
+    for name in ("weight", "bias"):
+        value = getattr(conv, name)
+        if isinstance(value, nn.Parameter):
+            delattr(conv, name)
+            conv.register_buffer(name, value.detach())
+    return conv
+
+
 def fuse_children(module: nn.Module) -> None:
     """Replace every RepConv below ``module`` by its fused nn.Conv2d, in place."""
     for name, child in module.named_children():
@@ -282,9 +293,11 @@ class AetherNet(nn.Module):
         # narrow GEMM that ran at ~100 GMAC/s in INT8, as slow as two body convs.
         self.upsample = nn.Conv2d(dim, out_channels * scale * scale, 1)
         self.upsample_q = QuantPoint()
-        # Learned shortcut from the input straight to the sub-pixel output, initialised to
-        # nearest-neighbour upsampling: the body only has to learn the residual detail.
-        self.skip = nn.Conv2d(in_channels, out_channels * scale * scale, 1)
+        # Shortcut from the input straight to the sub-pixel output: exactly nearest-neighbour
+        # upsampling, never trained, so the body only learns the residual detail. Trained, it
+        # drifted to per-sub-pixel gains of 0.99-1.01 that INT8 weights cannot hold (up to 2.5
+        # levels of checkerboard on bright flat areas for the body to cancel in 8 bits).
+        self.skip = fixed_weights(nn.Conv2d(in_channels, out_channels * scale * scale, 1))
         self.skip_q = QuantPoint()
         self.output_q = QuantPoint()
         self.shuffle = nn.PixelShuffle(scale)
@@ -742,6 +755,8 @@ class QuantConv2d(nn.Conv2d):
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         q.profile_qmax = q.weight_qmax = weight_qmax
         q.load_state_dict(conv.state_dict(), strict=False)
+        if not isinstance(conv.weight, nn.Parameter):
+            fixed_weights(q)
         q.refresh_weight_scale()
         return q
 

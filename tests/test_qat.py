@@ -228,6 +228,42 @@ def test_float_checkpoint_loads_strictly_into_qat_model(form):
     assert not is_calibrated(qat)
 
 
+@pytest.mark.parametrize("profile", ("cpu", "tensorrt"))
+def test_shortcut_stays_exact_nearest_upsampling_through_float_and_qat_training(profile):
+    model = aether_tiny(scale=2, num_blocks=1)
+    initial = copy.deepcopy(model.skip.state_dict())
+    train_steps(model)
+    prepare_qat(model, int8_profile=profile)
+    train_steps(model)
+    assert not [name for name, _ in model.named_parameters() if name.startswith("skip.")]
+    x = torch.rand(1, 3, 6, 6)
+    nearest = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    torch.testing.assert_close(model.shuffle(model.skip._conv_forward(x, model.skip.grid_weight(), None)), nearest)
+    torch.testing.assert_close(model.skip.state_dict()["weight"], initial["weight"], rtol=0, atol=0)
+    assert not model.skip.bias.any()
+
+
+def test_a_trained_shortcut_would_leave_its_int8_grid():
+    """The neighbour can fail: a shortcut with a trainable weight drifts off nearest upsampling,
+    and its per-sub-pixel gains are no longer on the 7-bit grid's exact 64."""
+    model = aether_tiny(scale=2, num_blocks=1)
+    model.skip.weight = torch.nn.Parameter(model.skip.weight.clone())
+    train_steps(model)
+    prepare_qat(model)
+    assert not torch.equal(model.skip.grid_weight(), torch.eye(3).repeat_interleave(4, 0)[:, :, None, None])
+
+
+def test_checkpoints_with_a_trained_shortcut_keep_it():
+    """Files from before the shortcut was fixed load with their own shortcut: same output."""
+    float_model = aether_tiny(scale=2, num_blocks=2)
+    state_dict = float_model.state_dict()
+    state_dict["skip.weight"] = state_dict["skip.weight"] * 0.99
+    loaded = load_model(state_dict)
+    torch.testing.assert_close(loaded.skip.weight, state_dict["skip.weight"], rtol=0, atol=0)
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(loaded(x), (0.99 * torch.nn.functional.interpolate(x, scale_factor=2)).clamp(0, 1))
+
+
 def test_partial_qat_state_dict_is_still_strict(qat_model):
     state_dict = qat_model.state_dict()
     del state_dict["head_q.scale"]
