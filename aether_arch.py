@@ -17,7 +17,8 @@ Design notes
   kernels on >= 48 channels keep ONNX Runtime's INT8 kernels near their peak; no split/concat,
   no 1x1 mixing convs in the body), blocks alternate a k x k and a 3 x 3 second conv, and the
   output head is two 1x1 convs (features -> sub-pixels, and a fixed nearest-neighbour shortcut
-  from the input, exact on the INT8 grid) whose sum lands on the 8-bit image grid. The README's architecture section has the measurements.
+  from the input, exact on the INT8 grid) whose sum lands on the 8-bit image grid. The README's
+  architecture section has the measurements.
 * Quantization-aware training (``qat=True`` / ``prepare_qat``) fine-tunes the fused form with
   the exact INT8 arithmetic of the exported Q/DQ graph, output included (see the QAT section).
 * Input and output are RGB, float, NCHW, range [0, 1]; there is no mean subtraction (the head

@@ -362,12 +362,19 @@ def run_compare(args: argparse.Namespace) -> int:
         results = load_results(out_dir)
         if args.zoo:
             results.zoo_quality, results.meta["zoo_quality"] = args.zoo, args.zoo_quality
+        if args.quality_from:  # a rerun of the quality section alone (--skip-speed --skip-qat)
+            rerun = load_results(Path(args.quality_from))
+            results.quality = rerun.quality
+            results.meta.setdefault("amended", []).append(
+                f"quality section from `{rerun.meta['command']}`, started {rerun.meta['started']}"
+            )
+        if args.zoo or args.quality_from:
             save_results(results, out_dir)
         print(render(results, out_dir))
         return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    left_out = ("run", "command_line", "render_only", "out", "quick", "zoo")
+    left_out = ("run", "command_line", "render_only", "out", "quick", "zoo", "quality_from")
     options = {k: v for k, v in vars(args).items() if k not in left_out}
     results = CompareResults(
         meta={
@@ -455,9 +462,12 @@ def resolve_compare_options(args: argparse.Namespace) -> None:
         raise InputError("--budget-s and --max-run-s must be positive")
     out_dir = Path(args.out)
     args.zoo = load_zoo_quality(args.zoo_quality) if args.zoo_quality else {}
+    if args.quality_from and not args.render_only:
+        raise InputError("--quality-from only goes with --render-only")
     if args.render_only:
-        if not (out_dir / RESULTS_JSON).is_file():
-            raise InputError(f"--render-only: {out_dir / RESULTS_JSON} not found")
+        for folder in (out_dir, *([Path(args.quality_from)] if args.quality_from else [])):
+            if not (folder / RESULTS_JSON).is_file():
+                raise InputError(f"--render-only: {folder / RESULTS_JSON} not found")
         return
     if not args.skip_quality:
         image_files(args.train_dir, "--train-dir")
@@ -620,6 +630,12 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="report the trained checkpoints of `aether_bench.py quality` (its quality_results.json) as the "
         "equal-budget comparison instead of the short training here; with --render-only, adds it to DIR's results",
+    )
+    quality.add_argument(
+        "--quality-from",
+        metavar="DIR",
+        help="with --render-only: replace the quality section by DIR's (a run with --skip-speed --skip-qat, "
+        "e.g. after a change to the network); the report says so",
     )
     quality.add_argument(
         "--budget",

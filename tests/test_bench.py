@@ -513,6 +513,23 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
     )
 
 
+def test_render_only_takes_a_rerun_quality_section_and_says_so(tmp_path):
+    full, rerun = tmp_path / "full", tmp_path / "rerun"
+    for folder, psnr in ((full, 31.5), (rerun, 31.7)):
+        folder.mkdir()
+        results = _results(tiny_int8_ms=40.0, tiny_psnr_int8=psnr)
+        results.meta["command"] += f" ({folder.name})"
+        aether_bench_report.save_results(results, folder)
+    argv = ["compare", "--out", str(full), "--render-only", "--quality-from", str(rerun)]
+    assert aether_bench.main(argv) == 0
+    merged = aether_bench_report.load_results(full)
+    assert merged.quality.rows[0].psnr_int8 == 31.7 and merged.meta["command"].endswith("(full)")
+    report = (full / aether_bench_report.REPORT_NAME).read_text()
+    assert "compare --out X (full)` (do not edit" in report
+    assert "Amended: quality section from `python3 aether_bench.py compare --out X (rerun)`" in report
+    assert "31.700" in report and "31.500" not in report
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -521,6 +538,7 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
         (["--train-dir", "no/such/folder"], "no such folder"),
         (["--peers", "ESRGAN-XL"], "invalid choice"),
         (["--zoo-quality", "no/such.json"], "--zoo-quality no/such.json: not an aether_bench.py quality"),
+        (["--quality-from", "x"], "--quality-from only goes with --render-only"),
     ],
 )
 def test_compare_rejects_bad_input_with_one_line_and_exit_2(tmp_path, capsys, extra, message):
