@@ -213,6 +213,17 @@ class AetherBlock(nn.Module):
         return self.out_q(x + self.conv2_q(self.conv2(self.act_q(self.act(self.conv1(x))))))
 
 
+def nearest_shortcut_weight(model: nn.Module) -> torch.Tensor:
+    """The 1x1 shortcut's weight that is nearest-neighbour upsampling once pixel-shuffled (zero
+    when input and output channels differ: no shortcut then)."""
+    weight = torch.zeros_like(model.skip.weight)
+    if model.in_channels == model.out_channels:
+        r2 = model.scale * model.scale
+        for c in range(model.out_channels):
+            weight[c * r2 : (c + 1) * r2, c] = 1.0
+    return weight
+
+
 def block_kernel(index: int, large_kernel: int) -> int:
     """The second conv's kernel in block ``index``: blocks alternate large and 3x3, starting
     large (a large kernel on every block would cost 1.9x the MACs for a little more context)."""
@@ -323,12 +334,15 @@ class AetherNet(nn.Module):
             for module in block.conv2.modules():
                 if isinstance(module, nn.BatchNorm2d):
                     nn.init.zeros_(module.weight)
-        self.skip.weight.zero_()
+        self.skip.weight.copy_(nearest_shortcut_weight(self))
         self.skip.bias.zero_()
-        if self.in_channels == self.out_channels:
-            r2 = self.scale * self.scale
-            for c in range(self.out_channels):
-                self.skip.weight[c * r2 : (c + 1) * r2, c] = 1.0
+
+    def has_exact_shortcut(self) -> bool:
+        """Whether the shortcut is exact nearest-neighbour upsampling (on its INT8 grid for QAT):
+        files from before it was fixed carry a trained one, which they keep."""
+        skip = self.skip
+        weight = skip.grid_weight() if isinstance(skip, QuantConv2d) else skip.weight
+        return torch.equal(weight.detach(), nearest_shortcut_weight(self)) and not skip.bias.any()
 
     def forward_unclamped(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_q(x)

@@ -886,6 +886,13 @@ class Trainer:
             self.log("note: --amp is ignored on CPU (autocast is used on CUDA only)")
         if options.resume and options.pretrained:
             self.log("note: --pretrained is ignored when resuming (weights come from the saved state)")
+        elif (
+            options.pretrained and isinstance(self.model, aether_arch.AetherNet) and not self.model.has_exact_shortcut()
+        ):
+            self.log(
+                "note: --pretrained has a trained shortcut (written before it was fixed); it stays as loaded. "
+                "For INT8, reset it to nearest-neighbour upsampling and fine-tune first (models/README.md, stage 3)"
+            )
         if not self.val_images:
             self.log("note: no --val-dir, so no validation")
 

@@ -164,6 +164,21 @@ def test_qat_fine_tuning_from_a_float_checkpoint(data, float_run, tmp_path):
     assert steps == 3 + float_metadata["step"] and seconds > cost["seconds"] > 0
 
 
+def test_a_pretrained_file_with_a_trained_shortcut_keeps_it_and_gets_a_note(data, float_run, tmp_path):
+    """Files from before the shortcut was fixed; a file with the exact one is the neighbour."""
+    checkpoint = _weights(float_run / "net_g_latest.pth")
+    for key in ("params", "params_ema"):
+        checkpoint[key]["skip.weight"] = checkpoint[key]["skip.weight"] * 0.99
+    torch.save(checkpoint, tmp_path / "old.pth")
+    notes = []
+    for name, path in (("old", tmp_path / "old.pth"), ("new", float_run / "net_g_latest.pth")):
+        out = _train(data, tmp_path / name, "--pretrained", str(path), "--steps", "1")
+        notes.append("note: --pretrained has a trained shortcut" in (out / "train.log").read_text())
+    assert notes == [True, False]
+    trained = _weights(tmp_path / "old" / "net_g_latest.pth")["params"]["skip.weight"]
+    assert torch.equal(trained, checkpoint["params_ema"]["skip.weight"])
+
+
 def _mean_psnr(model, folder, scale=2):
     values = []
     for path in list_images(folder):
