@@ -240,7 +240,7 @@ def test_shortcut_stays_exact_nearest_upsampling_through_float_and_qat_training(
     nearest = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
     torch.testing.assert_close(model.shuffle(model.skip._conv_forward(x, model.skip.grid_weight(), None)), nearest)
     torch.testing.assert_close(model.skip.state_dict()["weight"], initial["weight"], rtol=0, atol=0)
-    assert not model.skip.bias.any()
+    assert not model.skip.bias.any() and model.has_exact_shortcut()
 
 
 def test_a_trained_shortcut_would_leave_its_int8_grid():
@@ -250,7 +250,7 @@ def test_a_trained_shortcut_would_leave_its_int8_grid():
     model.skip.weight = torch.nn.Parameter(model.skip.weight.clone())
     train_steps(model)
     prepare_qat(model)
-    assert not torch.equal(model.skip.grid_weight(), torch.eye(3).repeat_interleave(4, 0)[:, :, None, None])
+    assert not model.has_exact_shortcut()
 
 
 def test_checkpoints_with_a_trained_shortcut_keep_it():
