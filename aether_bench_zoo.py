@@ -58,6 +58,7 @@ from aether_training import (
     Trainer,
     TrainingOptions,
     TrainingPolicy,
+    keep_freed_memory,
     load_pretrained,
     loss_function,
     start_processes,
@@ -119,6 +120,7 @@ def _step_runner(model: nn.Module, settings: Recommended, scale: int) -> Callabl
 
 def run_step_budget(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the training loop does: otherwise big-patch steps time page faults
     torch.manual_seed(0)
     tiny = PRESET_FACTORIES[REFERENCE](scale=args.scale)
     qat = prepare_qat(PRESET_FACTORIES[REFERENCE](scale=args.scale))

@@ -314,13 +314,13 @@ def test_qat_verdict_and_its_section_round_trip_through_json(qat_int8_db, verdic
     assert restored.qat == results.qat and aether_bench_report.compare_markdown(restored) == report
 
 
-def _zoo(tiny_sharp_int8):
+def _zoo(tiny_sharp_int8, span_sharp_fp32=32.1):
     rows = [
         QualityRow("aether_tiny_x2", 221_000, 220e3, 0.0, 32.6, 32.6, "QAT Q/DQ export", "EMA", _timing(25.0)),
         QualityRow("SPAN-28", 140_000, 141e3, 3000.0, 32.0, 31.9, "ORT static PTQ", "EMA", _timing(45.0)),
     ]
     rows[0].psnr_fp32_sharp, rows[0].psnr_int8_sharp, rows[0].steps = 32.0, tiny_sharp_int8, 12500
-    rows[1].psnr_fp32_sharp, rows[1].psnr_int8_sharp, rows[1].steps = 32.1, 32.0, 2259
+    rows[1].psnr_fp32_sharp, rows[1].psnr_int8_sharp, rows[1].steps = span_sharp_fp32, 32.0, 2259
     quality = QualityResult(2, 12500, "see below", ["a.png", "b.png"], 31.3, 256, rows, bicubic_psnr_sharp=31.5)
     return {"held_out": quality}
 
@@ -339,6 +339,19 @@ def test_trained_checkpoints_replace_the_short_budget_quality_per_protocol():
     assert "`q/quality.md`" in report
     restored = CompareResults.from_json(results.to_json())
     assert restored.zoo_quality == results.zoo_quality and aether_bench_report.compare_markdown(restored) == report
+
+
+def test_a_peer_below_bicubic_is_not_judged_against():
+    """Beating a peer that is worse than bicubic proves nothing: that protocol's check is left unjudged."""
+    results = _results(tiny_int8_ms=40.0, tiny_psnr_int8=32.0)
+    results.zoo_quality = _zoo(tiny_sharp_int8=31.9, span_sharp_fp32=31.4)
+    targets = aether_bench_report.compare_markdown(results).split("## Roofline")[0]
+    assert "- met: ×2 `held_out` (2 images), aa-bicubic LR: aether_tiny_x2 INT8 32.600 dB" in targets
+    assert (
+        "- not judged: ×2 `held_out` (2 images), sharp LR: SPAN-28 FP32 31.400 dB is below bicubic's 31.500 dB: "
+        "a broken comparison (too short a budget), not a result" in targets
+    )
+    assert "Missed: 0 of 5 checks." in targets
 
 
 def test_plots_are_valid_pngs(tmp_path):
