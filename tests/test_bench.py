@@ -427,6 +427,41 @@ def test_train_peer_on_a_missing_gpu_is_a_one_line_error(tmp_path, capsys):
     assert len(errors) == 1 and "--device cuda: no CUDA device" in errors[0] and not (tmp_path / "run").exists()
 
 
+def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_path, monkeypatch, capsys):
+    """--reference: the budget is the training time the checkpoint records (every stage), each
+    peer's steps that budget over its timed step; a checkpoint without one, or of another scale,
+    is a one-line error (exit 2)."""
+    for name in aether_bench_zoo.PEER_TRAINING:  # small steps: the arithmetic is what is tested
+        monkeypatch.setitem(
+            aether_bench_zoo.PEER_TRAINING, name, aether_bench_zoo.Recommended(2e-4, "l1", 8, 2, 0.99, "test")
+        )
+    model = PRESET_FACTORIES["aether_tiny"](scale=2)
+    meta = {"step": 30, "training_seconds": 40.0, "pretrained_cost": {"seconds": 60.0, "steps": 70}}
+    reference = tmp_path / "ref.pth"
+    torch.save({"params_ema": model.state_dict(), "metadata": json.dumps(meta)}, reference)
+    argv = ["step-budget", "--reference", str(reference), "--rounds", "3", "--budget-s", "5", "--threads", "1"]
+    assert aether_bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"Equal wall-clock budget at ×2: the 100 s of training steps behind `{reference}` (100 steps" in out
+    assert "aether_tiny float" not in out  # the checkpoint's own time, not tiny steps timed here
+    for name in aether_bench_zoo.PEER_TRAINING:
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} "))
+        median_ms, steps = float(row.split("|")[3].split()[0]), int(row.split("|")[4])
+        # 100 s over the step's median, which is printed to 0.1 ms
+        assert round(100e3 / (median_ms + 0.05)) <= steps <= round(100e3 / (median_ms - 0.05))
+        assert f"train-peer {name} --scale 2 --steps {steps} " in out
+
+    untimed = tmp_path / "untimed.pth"
+    torch.save({"params_ema": model.state_dict(), "metadata": json.dumps({"step": 30})}, untimed)
+    for bad, message in (
+        (["--reference", str(untimed)], "records no training time: give --reference-steps instead"),
+        (["--reference", str(reference), "--scale", "4"], "is a x2 model; --scale is 4"),
+    ):
+        assert aether_bench.main(["step-budget", *bad]) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and message in errors[0], errors
+
+
 def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeypatch, capsys):
     train = write_image_folder(tmp_path / "train", [(200, 200), (220, 210)], seed=1)
     val = write_image_folder(tmp_path / "val", [(48, 40), (40, 44)], seed=2)
