@@ -142,8 +142,11 @@ def run_step_budget(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     runners = {}
     if args.reference:
+        if args.qat_steps is not None:  # the checkpoint's recorded time already counts its QAT steps
+            raise InputError("--qat-steps goes with --reference-steps; --reference counts the checkpoint's own")
         budget_s, reference_steps, scale = reference_cost(args.reference, args.scale)
     else:
+        args.qat_steps = args.qat_steps or 0
         scale = args.scale or 2
         tiny = PRESET_FACTORIES[REFERENCE](scale=scale)
         qat = prepare_qat(PRESET_FACTORIES[REFERENCE](scale=scale))
@@ -387,7 +390,9 @@ def add_zoo_parsers(commands: argparse._SubParsersAction) -> None:
     reference.add_argument(
         "--reference-steps", type=whole_number(1), help=f"{REFERENCE}'s float steps, timed here (no checkpoint)"
     )
-    budget.add_argument("--qat-steps", type=whole_number(0), default=0, help=f"{REFERENCE}'s QAT steps (default: 0)")
+    budget.add_argument(
+        "--qat-steps", type=whole_number(0), help=f"with --reference-steps: {REFERENCE}'s QAT steps (default: 0)"
+    )
     budget.add_argument("--rounds", type=whole_number(1), default=15, help="most timed rounds (default: 15)")
     budget.add_argument("--budget-s", type=float, default=90.0, help="seconds for the timing (default: 90)")
     budget.add_argument("--threads", type=whole_number(1), default=2)

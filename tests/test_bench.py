@@ -456,6 +456,7 @@ def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_
     for bad, message in (
         (["--reference", str(untimed)], "records no training time: give --reference-steps instead"),
         (["--reference", str(reference), "--scale", "4"], "is a x2 model; --scale is 4"),
+        (["--reference", str(reference), "--qat-steps", "500"], "--qat-steps goes with --reference-steps"),
     ):
         assert aether_bench.main(["step-budget", *bad]) == 2
         errors = capsys.readouterr().err.strip().splitlines()
