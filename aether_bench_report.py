@@ -350,14 +350,14 @@ def speed_quality_png(index: int) -> str:
     return SPEED_QUALITY_PNG if index == 0 else SPEED_QUALITY_PNG.replace(".png", f"_{index}.png")
 
 
-def zoo_quality_findings(zoo: dict[str, QualityResult]) -> list[Finding]:
-    """The trained aether_tiny checkpoint against the trained SPAN-28, per held-out folder and LR protocol."""
+def span_quality_findings(runs: dict[str, QualityResult]) -> list[Finding]:
+    """aether_tiny against SPAN-28 in each quality run (keyed by what names it), per LR protocol."""
     findings = []
-    for folder, quality in zoo.items():
+    for label, quality in runs.items():
         tiny = next((r for r in quality.rows if r.model.startswith("aether_tiny")), None)
         span = next((r for r in quality.rows if r.model.split("@")[0] == SPAN_BASELINE), None)
         if tiny is None or span is None:
-            findings.append(Finding(None, f"`{folder}`: aether_tiny and {SPAN_BASELINE} were not both measured"))
+            findings.append(Finding(None, f"{label}: aether_tiny and {SPAN_BASELINE} were not both measured"))
             continue
         for protocol, int8, fp32, bicubic in (
             ("aa-bicubic", "psnr_int8", "psnr_fp32", quality.bicubic_psnr),
@@ -366,7 +366,8 @@ def zoo_quality_findings(zoo: dict[str, QualityResult]) -> list[Finding]:
             mine, theirs = getattr(tiny, int8), getattr(span, int8)
             if mine is None or theirs is None:
                 continue
-            where = f"×{quality.scale} `{folder}` ({len(quality.val_images)} images), {protocol} LR"
+            images = len(quality.val_images)
+            where = f"{label} ({images} image{'s' if images != 1 else ''}), {protocol} LR"
             span_fp32 = getattr(span, fp32)
             if bicubic is not None and span_fp32 < bicubic:  # beating it then would prove nothing
                 findings.append(
@@ -390,19 +391,11 @@ def zoo_quality_findings(zoo: dict[str, QualityResult]) -> list[Finding]:
 def quality_findings(results: CompareResults) -> list[Finding]:
     """aether_tiny INT8 has equal or better PSNR than SPAN-28 INT8 at equal training budget."""
     if results.zoo_quality:
-        return zoo_quality_findings(results.zoo_quality)
-    quality = {r.model: r for r in results.quality.rows} if results.quality else {}
-    if "aether_tiny" not in quality or SPAN_BASELINE not in quality:
-        return [Finding(None, f"quality: aether_tiny and {SPAN_BASELINE} were not both trained")]
-    tiny, span = quality["aether_tiny"], quality[SPAN_BASELINE]
-    return [
-        Finding(
-            tiny.psnr_int8 >= span.psnr_int8,
-            f"quality ×{results.quality.scale} after {results.quality.steps} steps each: aether_tiny INT8 "
-            f"{tiny.psnr_int8:.3f} dB, {SPAN_BASELINE} INT8 {span.psnr_int8:.3f} dB "
-            f"({tiny.psnr_int8 - span.psnr_int8:+.3f} dB; FP32: {tiny.psnr_fp32:.3f} vs {span.psnr_fp32:.3f} dB)",
-        )
-    ]
+        return span_quality_findings({f"×{q.scale} `{folder}`": q for folder, q in results.zoo_quality.items()})
+    if results.quality is None:
+        return [Finding(None, f"quality: aether_tiny and {SPAN_BASELINE} were not trained")]
+    quality = results.quality
+    return span_quality_findings({f"quality ×{quality.scale} after {quality.steps} steps each": quality})
 
 
 def rrdb_findings(results: CompareResults, size: int) -> list[Finding]:
@@ -637,19 +630,15 @@ def below_bicubic(result: QualityResult) -> list[str]:
     return found
 
 
+def quality_table_section(quality: QualityResult, plot: str) -> list[str]:
+    """A quality table, its plot and the models below bicubic."""
+    marks = [f"* **BELOW BICUBIC**: {b}" for b in below_bicubic(quality)]
+    return [quality_table(quality), "", f"![speed vs quality]({plot})", "", *marks, *([""] if marks else [])]
+
+
 def quality_folder_section(folder: str, quality: QualityResult, plot: str) -> list[str]:
     """One held-out folder's quality table, its plot and the models below bicubic."""
-    marks = [f"* **BELOW BICUBIC**: {b}" for b in below_bicubic(quality)]
-    return [
-        f"### `{folder}` ({len(quality.val_images)} images)",
-        "",
-        quality_table(quality),
-        "",
-        f"![speed vs quality]({plot})",
-        "",
-        *marks,
-        *([""] if marks else []),
-    ]
+    return [f"### `{folder}` ({len(quality.val_images)} images)", "", *quality_table_section(quality, plot)]
 
 
 def qat_findings(qat: QatResult | None) -> list[Finding]:
@@ -837,10 +826,7 @@ def compare_markdown(results: CompareResults) -> str:
         sections += [
             "## Quality at equal training budget",
             "",
-            quality_table(quality),
-            "",
-            f"![speed vs quality]({SPEED_QUALITY_PNG})",
-            "",
+            *quality_table_section(quality, SPEED_QUALITY_PNG),
             "Every model trained from scratch by aether_train.py's training loop (`aether_training.Trainer`) with "
             f"the same data, "
             f"degradation (aether_train.py's default recipe, ×{quality.scale}), loss, AdamW, cosine schedule and EMA, "
@@ -852,7 +838,9 @@ def compare_markdown(results: CompareResults) -> str:
             f"{', '.join(quality.val_images)} (never trained on), run in ONNX Runtime. Training wall time "
             "differs per model at the same step count (it is part of the comparison). Short CPU budgets "
             "favour fast-converging models; the figures compare training recipes of equal cost, not "
-            "fully trained models.",
+            "fully trained models, and a peer below bicubic is a broken comparison (too short a budget), not a "
+            "result: `aether_bench.py quality` on checkpoints trained at equal wall-clock (`--zoo-quality`) "
+            "replaces this section.",
             "",
         ]
     if results.speed:

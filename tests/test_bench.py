@@ -256,7 +256,8 @@ def test_report_marks_every_missed_target_with_its_figures():
         "0.67× faster" in targets
     )
     assert "**MISSED**: `aether_tiny` ×4 at 256×256: INT8 150.0 ms = 5.72× its floor" in targets
-    assert "**MISSED**: quality ×2 after 800 steps each" in targets and "-0.300 dB" in targets
+    assert "**MISSED**: quality ×2 after 800 steps each (1 image), aa-bicubic LR: aether_tiny INT8 31.500 dB" in targets
+    assert "-0.300 dB" in targets
     assert "**MISSED**: `aether_tiny` ×4 at 256×256: ORT INT8 150.0 ms vs RRDB ORT INT8 2500.0 ms: 16.7×" in targets
     speed_table = report.split("## Speed at 256×256")[1]
     assert "1.67x **MISSED** (target 3.0x)" in speed_table and "16.67x **MISSED** (target 50.0x)" in speed_table
@@ -352,6 +353,15 @@ def test_a_peer_below_bicubic_is_not_judged_against():
         "a broken comparison (too short a budget), not a result" in targets
     )
     assert "Missed: 0 of 5 checks." in targets
+    # the same rule where the benchmark trains the models itself
+    results.zoo_quality, results.quality.bicubic_psnr = {}, 32.0
+    report = aether_bench_report.compare_markdown(results)
+    targets, quality_section = report.split("## Roofline")[0], report.split("## Quality at equal training budget")[1]
+    assert "* **BELOW BICUBIC**: SPAN-28 FP32 is below bicubic with aa-bicubic LR (31.900 < 32.000" in quality_section
+    assert (
+        "- not judged: quality ×2 after 800 steps each (1 image), aa-bicubic LR: SPAN-28 FP32 31.900 dB is below "
+        "bicubic's 32.000 dB: a broken comparison" in targets
+    )
 
 
 def test_plots_are_valid_pngs(tmp_path):
