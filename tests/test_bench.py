@@ -472,6 +472,22 @@ def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_
         errors = capsys.readouterr().err.strip().splitlines()
         assert len(errors) == 1 and message in errors[0], errors
 
+    # no checkpoint: aether_tiny's float and QAT steps timed beside the peers make the budget
+    monkeypatch.setattr(aether_bench_zoo, "AETHER_TRAINING", aether_bench_zoo.Recommended(1e-3, "l1", 8, 2, 0.99, "t"))
+    argv = ["step-budget", "--reference-steps", "50", "--qat-steps", "10", "--rounds", "3", "--budget-s", "5"]
+    assert aether_bench.main([*argv, "--threads", "1"]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out.splitlines() if "|" in line}
+    ms = {
+        name: float(row[3].split()[0])
+        for name, row in rows.items()
+        if name in aether_bench_zoo.PEER_TRAINING or "aether" in name
+    }
+    assert int(rows["aether_tiny float"][4]) == 50 and int(rows["aether_tiny QAT"][4]) == 10
+    budget_ms = 50 * ms["aether_tiny float"] + 10 * ms["aether_tiny QAT"]  # medians printed to 0.1 ms
+    for name in aether_bench_zoo.PEER_TRAINING:
+        low, high = (budget_ms - 3) / (ms[name] + 0.05), (budget_ms + 3) / (ms[name] - 0.05)
+        assert round(low) <= int(rows[name][4]) <= round(high), (name, rows[name])
+
 
 def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeypatch, capsys):
     train = write_image_folder(tmp_path / "train", [(200, 200), (220, 210)], seed=1)
