@@ -140,13 +140,13 @@ def run_step_budget(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the training loop does: otherwise big-patch steps time page faults
     torch.manual_seed(0)
+    if args.reference and args.qat_steps is not None:  # the checkpoint's recorded time already counts them
+        raise InputError("--qat-steps goes with --reference-steps; --reference counts the checkpoint's own")
+    qat_steps = args.qat_steps or 0
     runners = {}
     if args.reference:
-        if args.qat_steps is not None:  # the checkpoint's recorded time already counts its QAT steps
-            raise InputError("--qat-steps goes with --reference-steps; --reference counts the checkpoint's own")
         budget_s, reference_steps, scale = reference_cost(args.reference, args.scale)
     else:
-        args.qat_steps = args.qat_steps or 0
         scale = args.scale or 2
         tiny = PRESET_FACTORIES[REFERENCE](scale=scale)
         qat = prepare_qat(PRESET_FACTORIES[REFERENCE](scale=scale))
@@ -162,16 +162,16 @@ def run_step_budget(args: argparse.Namespace) -> int:
         )
     else:
         budget_s = args.reference_steps * timings[f"{REFERENCE} float"].median / 1e3
-        budget_s += args.qat_steps * timings[f"{REFERENCE} QAT"].median / 1e3
+        budget_s += qat_steps * timings[f"{REFERENCE} QAT"].median / 1e3
         what = (
-            f"{REFERENCE} {args.reference_steps} float + {args.qat_steps} QAT steps = {budget_s / 60:.1f} min of "
+            f"{REFERENCE} {args.reference_steps} float + {qat_steps} QAT steps = {budget_s / 60:.1f} min of "
             "training steps"
         )
     rows, steps = [], {}
     for name, timing in timings.items():
         settings = AETHER_TRAINING if name.startswith(REFERENCE) else PEER_TRAINING[name]
         if name.startswith(REFERENCE):
-            count = args.reference_steps if name.endswith("float") else args.qat_steps
+            count = args.reference_steps if name.endswith("float") else qat_steps
         else:
             count = steps[name] = max(1, round(budget_s / (timing.median / 1e3)))
         rows.append(

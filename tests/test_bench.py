@@ -437,6 +437,12 @@ def test_train_peer_on_a_missing_gpu_is_a_one_line_error(tmp_path, capsys):
     assert len(errors) == 1 and "--device cuda: no CUDA device" in errors[0] and not (tmp_path / "run").exists()
 
 
+def _step_budget_rows(out: str) -> dict[str, tuple[float, int]]:
+    """step-budget's table: model -> (median step ms, steps in the budget)."""
+    cells = [line.split("|") for line in out.splitlines() if line.startswith("| ")]
+    return {c[1].strip(): (float(c[3].split()[0]), int(c[4])) for c in cells[2:]}  # past the header and its rule
+
+
 def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_path, monkeypatch, capsys):
     """--reference: the budget is the training time the checkpoint records (every stage), each
     peer's steps that budget over its timed step; a checkpoint without one, or of another scale,
@@ -454,9 +460,9 @@ def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_
     out = capsys.readouterr().out
     assert f"Equal wall-clock budget at ×2: the 100 s of training steps behind `{reference}` (100 steps" in out
     assert "aether_tiny float" not in out  # the checkpoint's own time, not tiny steps timed here
+    budget_rows = _step_budget_rows(out)
     for name in aether_bench_zoo.PEER_TRAINING:
-        row = next(line for line in out.splitlines() if line.startswith(f"| {name} "))
-        median_ms, steps = float(row.split("|")[3].split()[0]), int(row.split("|")[4])
+        median_ms, steps = budget_rows[name]
         # 100 s over the step's median, which is printed to 0.1 ms
         assert round(100e3 / (median_ms + 0.05)) <= steps <= round(100e3 / (median_ms - 0.05))
         assert f"train-peer {name} --scale 2 --steps {steps} " in out
@@ -476,17 +482,14 @@ def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_
     monkeypatch.setattr(aether_bench_zoo, "AETHER_TRAINING", aether_bench_zoo.Recommended(1e-3, "l1", 8, 2, 0.99, "t"))
     argv = ["step-budget", "--reference-steps", "50", "--qat-steps", "10", "--rounds", "3", "--budget-s", "5"]
     assert aether_bench.main([*argv, "--threads", "1"]) == 0
-    rows = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out.splitlines() if "|" in line}
-    ms = {
-        name: float(row[3].split()[0])
-        for name, row in rows.items()
-        if name in aether_bench_zoo.PEER_TRAINING or "aether" in name
-    }
-    assert int(rows["aether_tiny float"][4]) == 50 and int(rows["aether_tiny QAT"][4]) == 10
-    budget_ms = 50 * ms["aether_tiny float"] + 10 * ms["aether_tiny QAT"]  # medians printed to 0.1 ms
+    budget_rows = _step_budget_rows(capsys.readouterr().out)
+    (float_ms, float_steps), (qat_ms, qat_steps) = budget_rows["aether_tiny float"], budget_rows["aether_tiny QAT"]
+    assert float_steps == 50 and qat_steps == 10
+    budget_ms = 50 * float_ms + 10 * qat_ms  # medians printed to 0.1 ms
     for name in aether_bench_zoo.PEER_TRAINING:
-        low, high = (budget_ms - 3) / (ms[name] + 0.05), (budget_ms + 3) / (ms[name] - 0.05)
-        assert round(low) <= int(rows[name][4]) <= round(high), (name, rows[name])
+        median_ms, steps = budget_rows[name]
+        low, high = (budget_ms - 3) / (median_ms + 0.05), (budget_ms + 3) / (median_ms - 0.05)
+        assert round(low) <= steps <= round(high), (name, budget_rows[name])
 
 
 def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeypatch, capsys):
