@@ -137,12 +137,12 @@ def reference_cost(path: str, scale: int | None) -> tuple[float, int, int]:
 
 
 def run_step_budget(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as the training loop does: otherwise big-patch steps time page faults
-    torch.manual_seed(0)
     if args.reference and args.qat_steps is not None:  # the checkpoint's recorded time already counts them
         raise InputError("--qat-steps goes with --reference-steps; --reference counts the checkpoint's own")
     qat_steps = args.qat_steps or 0
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the training loop does: otherwise big-patch steps time page faults
+    torch.manual_seed(0)
     runners = {}
     if args.reference:
         budget_s, reference_steps, scale = reference_cost(args.reference, args.scale)
