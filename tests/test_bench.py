@@ -443,14 +443,19 @@ def _step_budget_rows(out: str) -> dict[str, tuple[float, int]]:
     return {c[1].strip(): (float(c[3].split()[0]), int(c[4])) for c in cells[2:]}  # past the header and its rule
 
 
-def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_path, monkeypatch, capsys):
-    """--reference: the budget is the training time the checkpoint records (every stage), each
-    peer's steps that budget over its timed step; a checkpoint without one, or of another scale,
-    is a one-line error (exit 2)."""
-    for name in aether_bench_zoo.PEER_TRAINING:  # small steps: the arithmetic is what is tested
+def _small_peer_steps(monkeypatch) -> None:
+    """Small steps for every peer: step-budget's arithmetic is what is tested, not their speed."""
+    for name in aether_bench_zoo.PEER_TRAINING:
         monkeypatch.setitem(
             aether_bench_zoo.PEER_TRAINING, name, aether_bench_zoo.Recommended(2e-4, "l1", 8, 2, 0.99, "test")
         )
+
+
+def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_path, monkeypatch, capsys):
+    """--reference: the budget is the training time the checkpoint records (every stage), each
+    peer's steps that budget over its timed step; a checkpoint without one, or of another scale,
+    or with --qat-steps, is a one-line error (exit 2)."""
+    _small_peer_steps(monkeypatch)
     model = PRESET_FACTORIES["aether_tiny"](scale=2)
     meta = {"step": 30, "training_seconds": 40.0, "pretrained_cost": {"seconds": 60.0, "steps": 70}}
     reference = tmp_path / "ref.pth"
@@ -478,7 +483,11 @@ def test_step_budget_from_a_checkpoint_gives_each_peer_its_recorded_seconds(tmp_
         errors = capsys.readouterr().err.strip().splitlines()
         assert len(errors) == 1 and message in errors[0], errors
 
-    # no checkpoint: aether_tiny's float and QAT steps timed beside the peers make the budget
+
+def test_step_budget_from_step_counts_times_tiny_float_and_qat_steps_beside_the_peers(monkeypatch, capsys):
+    """--reference-steps N --qat-steps M: the budget is N float and M QAT steps of aether_tiny,
+    timed beside the peers; each peer's steps are that budget over its timed step."""
+    _small_peer_steps(monkeypatch)
     monkeypatch.setattr(aether_bench_zoo, "AETHER_TRAINING", aether_bench_zoo.Recommended(1e-3, "l1", 8, 2, 0.99, "t"))
     argv = ["step-budget", "--reference-steps", "50", "--qat-steps", "10", "--rounds", "3", "--budget-s", "5"]
     assert aether_bench.main([*argv, "--threads", "1"]) == 0
