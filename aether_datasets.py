@@ -223,10 +223,12 @@ class Candidate:
     copyright: str
     image: np.ndarray | None = None  # decoded (OpenCV order)
     thumb: np.ndarray | None = None  # thumbnail(image), computed once for the duplicate test
+    full_path_name: bool = False  # named by its whole path: another kept image has its file name
 
     @property
     def output_name(self) -> str:
-        return f"{self.source.package}__{Path(self.member).name}"
+        name = self.member.replace("/", "__") if self.full_path_name else Path(self.member).name
+        return f"{self.source.package}__{name}"
 
 
 def candidates(source: Source, package: Path) -> Iterator[Candidate | dict]:
@@ -350,6 +352,8 @@ def build(sources: Sequence[Source], out: Path, packages_dir: Path | None, held_
                     for key in ("file", "licence", "copyright"):
                         del earlier[key]
                     earlier.update(kept=False, reason=f"duplicate of {item.output_name}")
+                # another picture of the same file name (wallpaper packages nest <name>/<size>.png)
+                item.full_path_name = any(other.output_name == item.output_name for other in kept)
                 kept.append(item)
                 records.append(
                     {

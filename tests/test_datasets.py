@@ -158,6 +158,31 @@ def test_the_held_out_set_is_centre_crops(packages, tmp_path):
     assert lake["reason"] == "smaller than 480 pixels"
 
 
+def test_pictures_with_the_same_file_name_are_both_kept_under_their_paths(tmp_path):
+    """Packages that nest <wallpaper>/contents/images/<size>.png name many pictures alike."""
+    folder, out = tmp_path / "packages", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    deb_files = {
+        f"usr/share/backgrounds/{name}/contents/1920x1080.png": _encode(_image(seed, 320, 400), ".png")
+        for seed, name in enumerate(("Dune", "Lake"), start=6)
+    }
+    deb_files["usr/share/doc/nested-wallpapers/copyright"] = COPYRIGHT.encode()
+    (folder / "nested-wallpapers_1.0-1_all.deb").write_bytes(
+        _ar([("debian-binary", b"2.0\n"), ("control.tar.xz", _tar({})), ("data.tar.xz", _tar(deb_files))])
+    )
+    manifest = build([Source("deb", "nested-wallpapers")], out, folder, held_out=False, command="test")
+    kept = {r["path"]: r["file"] for r in manifest["files"] if r["kept"]}
+    assert kept == {
+        "usr/share/backgrounds/Dune/contents/1920x1080.png": "nested-wallpapers__1920x1080.png",
+        "usr/share/backgrounds/Lake/contents/1920x1080.png": (
+            "nested-wallpapers__usr__share__backgrounds__Lake__contents__1920x1080.png"
+        ),
+    }
+    for path, name in kept.items():  # each file holds its own picture, byte for byte
+        assert (out / name).read_bytes() == deb_files[path]
+
+
 def test_reserved_packages_are_never_fetched(packages, tmp_path):
     assert not {s.package for s in aether_datasets.TRAINING_SOURCES + aether_datasets.HELD_OUT_SOURCES} & set(
         aether_datasets.RESERVED_PACKAGES
