@@ -25,7 +25,17 @@ from torch import nn
 
 from aether_arch import PRESET_FACTORIES, float_copy, load_model, onnx_model_proto, prepare_qat
 from aether_bench_report import AETHER_INT8, PEER_INT8, QatResult, QualityResult, QualityRow, Timing
-from aether_data import bicubic_upscale, evaluation_pair, list_images, psnr, read_image, to_image
+from aether_cli import InputError
+from aether_data import (
+    UnmeasurableImageError,
+    bicubic_upscale,
+    evaluation_pair,
+    evaluation_pairs,
+    list_images,
+    psnr,
+    read_image,
+    to_image,
+)
 from aether_measure import macs_per_lr_pixel, parameter_count, time_interleaved, time_sessions
 from aether_peers import CALIBRATION_INPUTS, PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
 from aether_runtime import (
@@ -49,12 +59,22 @@ QAT_SHARE = 0.2  # aether_tiny's last fifth of the training budget is QAT
 
 def held_out_pairs(folder: str, scale: int, protocol: str = "aa-bicubic") -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, LR batch, HR image) for every image: HR cropped to a multiple of scale, LR under
-    the LR ``protocol`` (aether_degrade.PROTOCOLS; by default the SR benchmark's)."""
+    the LR ``protocol`` (aether_degrade.PROTOCOLS; by default the SR benchmark's). An image no
+    PSNR can be measured on is a one-line error: a mean over the folder would be meaningless."""
     pairs = []
     for path in list_images(folder):
-        hr, lr, _ = evaluation_pair(read_image(path)[0], scale, protocol)
+        try:
+            hr, lr, _ = evaluation_pairs(read_image(path)[0], scale)[protocol]
+        except UnmeasurableImageError as exc:
+            raise InputError(f"held-out image {str(path)!r}: {exc}; leave it out of the folder") from None
         pairs.append((path.name, lr.numpy(), hr))
     return pairs
+
+
+def folder_lrs(folder: str, scale: int, limit: int | None = None) -> list[torch.Tensor]:
+    """LR images (the project's bicubic degradation) of the first ``limit`` images of ``folder``:
+    INT8 calibration data, where no PSNR is taken, so flat images are welcome."""
+    return [evaluation_pair(read_image(path)[0], scale)[1] for path in list_images(folder)[:limit]]
 
 
 def psnr_per_image(upscale: Upscaler, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int) -> list[float]:
@@ -73,8 +93,7 @@ def onnx_upscaler(model: bytes, threads: int) -> Upscaler:
 def calibration_crops(folder: str, scale: int, lr_size: int = 96) -> list[np.ndarray]:
     """LR centre crops of the first training images (the project's bicubic degradation): the
     real-image calibration set of the peers' static INT8."""
-    lrs = [evaluation_pair(read_image(path)[0], scale)[1] for path in list_images(folder)[:CALIBRATION_INPUTS]]
-    return [crop.numpy() for crop in calibration_batches(lrs, lr_size)]
+    return [crop.numpy() for crop in calibration_batches(folder_lrs(folder, scale, CALIBRATION_INPUTS), lr_size)]
 
 
 def qat_switch_step(steps: int) -> int:
@@ -253,7 +272,7 @@ def measure_qat(args: argparse.Namespace) -> QatResult:
     float_model, qat_model = load_model(args.float_checkpoint), load_model(args.qat_checkpoint)
     scale = float_model.scale
     pairs = held_out_pairs(args.val_dir, scale)
-    calibration = calibration_batches(torch.from_numpy(lr) for _, lr, _ in held_out_pairs(args.calibration_dir, scale))
+    calibration = calibration_batches(folder_lrs(args.calibration_dir, scale))
     fp32 = float_copy(float_model)
     ptq, _ = int8_model(float_model, fp32, profile="cpu", calibration=calibration)
     qat, _ = int8_model(qat_model, float_copy(qat_model), profile="cpu", calibration=[])

@@ -7,6 +7,7 @@ Images are float32 RGB arrays in [0, 1], shape (H, W, 3); tensors are float32 NC
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from aether_arch import atomic_write
 from aether_cli import InputError
-from aether_degrade import downscale, protocol_lr
+from aether_degrade import PROTOCOLS, downscale, protocol_lr
 
 # Decoded images are bounded before they are decoded: OpenCV refuses an image that declares
 # more pixels than this (its default, 2**30, lets a small PNG claim 6 GB of 16-bit RGB). OpenCV
@@ -178,6 +179,21 @@ def evaluation_pair(
     hr = mod_crop(image, scale)
     lr = protocol_lr(to_tensor(hr), scale, protocol)
     return hr, lr, psnr(to_image(bicubic_upscale(lr, scale)), hr, border=scale)
+
+
+class UnmeasurableImageError(ValueError):
+    """An evaluation image on which PSNR cannot rank upscalers."""
+
+
+def evaluation_pairs(image: np.ndarray, scale: int) -> dict[str, tuple[np.ndarray, torch.Tensor, float]]:
+    """evaluation_pair under every LR protocol. Bicubic reproduces a flat image exactly: its
+    PSNR is infinite, and so is the mean over a folder holding it, which would make every model
+    "worse than bicubic" whatever it does, so such an image raises UnmeasurableImageError. At x1
+    the LR is the image itself: bicubic is exact on every image, so x1 is not checked."""
+    pairs = {protocol: evaluation_pair(image, scale, protocol) for protocol in PROTOCOLS}
+    if scale > 1 and any(math.isinf(bicubic) for _, _, bicubic in pairs.values()):
+        raise UnmeasurableImageError("bicubic reproduces it exactly (a flat image): PSNR cannot rank upscalers on it")
+    return pairs
 
 
 def psnr(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:

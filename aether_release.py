@@ -122,8 +122,9 @@ from aether_cli import (
 )
 from aether_data import (
     ImageReadError,
+    UnmeasurableImageError,
     bicubic_upscale,
-    evaluation_pair,
+    evaluation_pairs,
     image_files,
     mod_crop,
     psnr,
@@ -344,8 +345,8 @@ class ValidationImage:
 def load_images(
     paths: list[Path], option: str, scale: int, limit: int | None, warnings_seen: list[str]
 ) -> list[ValidationImage]:
-    """Up to ``limit`` usable images; unreadable or too small ones are skipped with a warning
-    (or, when nothing usable is left, reported in the one-line error)."""
+    """Up to ``limit`` usable images; unreadable, too small or flat ones are skipped with a
+    warning (or, when nothing usable is left, reported in the one-line error)."""
     images: list[ValidationImage] = []
     skipped: list[str] = []
     for path in paths:
@@ -362,8 +363,12 @@ def load_images(
                 f"(needs {MIN_LR_SIDE * scale} px a side)"
             )
             continue
-        for protocol in PROTOCOLS:
-            hr, lr, bicubic = evaluation_pair(image, scale, protocol)
+        try:
+            pairs = evaluation_pairs(image, scale)
+        except UnmeasurableImageError as exc:
+            skipped.append(f"{path.name}: {exc}")
+            continue
+        for protocol, (hr, lr, bicubic) in pairs.items():
             images.append(ValidationImage(path.name, hr, lr, bicubic, notes, protocol))
     folder = paths[0].parent
     if not images:

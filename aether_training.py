@@ -50,7 +50,8 @@ import aether_arch
 from aether_cli import InputError, one_line, prepare_output_dir
 from aether_data import (
     ImageReadError,
-    evaluation_pair,
+    UnmeasurableImageError,
+    evaluation_pairs,
     image_files,
     psnr,
     read_image,
@@ -310,7 +311,10 @@ def load_validation_images(folder: str, scale: int, device: torch.device, notes:
         image, _ = _read(path, notes)
         if image is None:
             continue
-        pairs = {protocol: evaluation_pair(image, scale, protocol) for protocol in PROTOCOLS}
+        try:
+            pairs = evaluation_pairs(image, scale)
+        except UnmeasurableImageError as exc:
+            raise InputError(f"validation image {str(path)!r}: {exc}; leave it out of --val-dir") from None
         hr = next(iter(pairs.values()))[0]
         if min(hr.shape[:2]) <= 2 * scale:  # PSNR ignores a border of `scale` pixels
             raise InputError(f"validation image {str(path)!r} is too small for x{scale} ({hr.shape[1]}x{hr.shape[0]})")

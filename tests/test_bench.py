@@ -22,7 +22,7 @@ import aether_bench_zoo
 import aether_training
 from aether_arch import PRESET_FACTORIES, RepConv
 from aether_bench_design import DESIGNS, Candidate, random_deploy_form
-from aether_bench_quality import calibration_crops, measure_quality
+from aether_bench_quality import calibration_crops, folder_lrs, held_out_pairs, measure_quality
 from aether_bench_report import (
     HD_LABEL,
     ORT_FP16,
@@ -38,6 +38,8 @@ from aether_bench_report import (
     Timing,
     measurement,
 )
+from aether_cli import InputError
+from aether_data import write_image
 from aether_measure import macs_per_lr_pixel, parameter_count
 from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
 from aether_runtime import ort_session
@@ -145,6 +147,17 @@ def _span_int8_fidelity(model):
     x = crops[0][:, :, :40, :40]
     expected, actual = (ort_session(m, threads=1).run(None, {"input": x})[0] for m in (fp32, int8))
     return 10 * np.log10(np.ptp(expected) ** 2 / np.mean((expected - actual) ** 2))
+
+
+def test_a_flat_held_out_image_is_an_error_for_quality_but_calibrates(tmp_path):
+    """Bicubic is exact on a flat image: its PSNR, and the folder's mean, would be infinite."""
+    folder = write_image_folder(tmp_path / "held_out", [(24, 32)], seed=5)
+    assert len(held_out_pairs(str(folder), 2, "sharp")) == 1  # the neighbour: a photo measures
+    write_image(folder / "flat.png", np.full((24, 32, 3), 0.5, np.float32))
+    for protocol in ("aa-bicubic", "sharp"):
+        with pytest.raises(InputError, match=r"flat\.png': bicubic reproduces it exactly \(a flat image\)"):
+            held_out_pairs(str(folder), 2, protocol)
+    assert [lr.shape for lr in folder_lrs(str(folder), 2)] == [(1, 3, 12, 16)] * 2  # INT8 calibration takes it
 
 
 def test_span_peer_is_built_as_trainner_redux_builds_it_and_survives_static_int8():

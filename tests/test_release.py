@@ -65,7 +65,8 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def val_dir(workdir):
-    """Three usable 24x32 images (RGB, 16-bit greyscale, RGBA) plus files to skip."""
+    """Three usable 24x32 images (RGB, 16-bit greyscale, RGBA) plus files to skip (unreadable,
+    too small, flat)."""
     folder = workdir / "val"
     folder.mkdir()
     write_image(folder / "rgb.png", photo_like(24, 32, seed=1))
@@ -74,6 +75,7 @@ def val_dir(workdir):
     cv2.imwrite(str(folder / "rgba.png"), bgra)
     (folder / "broken.png").write_bytes(b"not an image")
     write_image(folder / "tiny.png", photo_like(6, 6, seed=4))
+    write_image(folder / "flat.png", np.full((24, 32, 3), 0.5, np.float32))  # bicubic is exact: PSNR inf
     (folder / "readme.txt").write_text("not an image")
     return folder
 
@@ -188,6 +190,7 @@ def test_release_writes_every_artifact_reports_and_comparison(float_release):
     assert "8 artifact(s)" in stdout and "all passed" in stdout
     # skipped and converted images are reported, files without an image suffix ignored
     assert "skipped broken.png" in stderr and "skipped tiny.png" in stderr and "readme" not in stderr
+    assert "skipped flat.png: bicubic reproduces it exactly (a flat image)" in stderr
     assert "16-bit, greyscale expanded to RGB" in stderr and "alpha channel dropped" in stderr
     assert no_leftovers(out) and not pnnx_side_files(out) and not pnnx_side_files(Path.cwd(), recursive=False)
 

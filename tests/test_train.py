@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import aether_train
 from aether_arch import detect_config, is_calibrated, load_model
-from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor
+from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor, write_image
 from aether_training import PatchSampler, detail, training_cost
 from conftest import write_image_folder
 
@@ -212,6 +213,7 @@ def _error_line(capsys):
         ("kernel_probabilities", "--degradation robust with the options given: kernel probabilities sum to 0.9, not 1"),
         ("unknown_kernel", "unknown kernel 'bilinear'"),
         ("jpeg_quality", "--jpeg-quality: expected a whole number in 1..100, got 101"),
+        ("flat_validation_image", "flat.png': bicubic reproduces it exactly (a flat image)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, tmp_path, capsys):
@@ -244,6 +246,10 @@ def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, 
         extra = ["--degradation", "bicubic", "--kernels", "bilinear:1"]
     elif case == "jpeg_quality":
         extra = ["--jpeg-quality", "80", "101"]
+    elif case == "flat_validation_image":
+        (tmp_path / "val").mkdir()
+        write_image(tmp_path / "val" / "flat.png", np.full((24, 24, 3), 0.25, np.float32))
+        extra = ["--val-dir", str(tmp_path / "val")]
     argv = [*TINY, "--train-dir", train, "--out-dir", str(tmp_path / "out"), "--steps", "2", *extra]
     assert aether_train.main(argv) == 2
     assert expected in _error_line(capsys)
