@@ -64,7 +64,7 @@ def held_out_pairs(folder: str, scale: int, protocol: str = "aa-bicubic") -> lis
     pairs = []
     for path in list_images(folder):
         try:
-            hr, lr, _ = evaluation_pairs(read_image(path)[0], scale)[protocol]
+            hr, lr, _ = evaluation_pairs(read_image(path)[0], scale, (protocol,))[protocol]
         except UnmeasurableImageError as exc:
             raise InputError(f"held-out image {str(path)!r}: {exc}; leave it out of the folder") from None
         pairs.append((path.name, lr.numpy(), hr))

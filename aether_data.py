@@ -11,6 +11,7 @@ import math
 import os
 import stat
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -185,12 +186,14 @@ class UnmeasurableImageError(ValueError):
     """An evaluation image on which PSNR cannot rank upscalers."""
 
 
-def evaluation_pairs(image: np.ndarray, scale: int) -> dict[str, tuple[np.ndarray, torch.Tensor, float]]:
-    """evaluation_pair under every LR protocol. Bicubic reproduces a flat image exactly: its
+def evaluation_pairs(
+    image: np.ndarray, scale: int, protocols: Sequence[str] = PROTOCOLS
+) -> dict[str, tuple[np.ndarray, torch.Tensor, float]]:
+    """evaluation_pair under each of ``protocols``. Bicubic reproduces a flat image exactly: its
     PSNR is infinite, and so is the mean over a folder holding it, which would make every model
     "worse than bicubic" whatever it does, so such an image raises UnmeasurableImageError. At x1
     the LR is the image itself: bicubic is exact on every image, so x1 is not checked."""
-    pairs = {protocol: evaluation_pair(image, scale, protocol) for protocol in PROTOCOLS}
+    pairs = {protocol: evaluation_pair(image, scale, protocol) for protocol in protocols}
     if scale > 1 and any(math.isinf(bicubic) for _, _, bicubic in pairs.values()):
         raise UnmeasurableImageError("bicubic reproduces it exactly (a flat image): PSNR cannot rank upscalers on it")
     return pairs
