@@ -29,7 +29,7 @@ from aether_cli import InputError
 from aether_data import (
     UnmeasurableImageError,
     bicubic_upscale,
-    evaluation_pair,
+    evaluation_lr,
     evaluation_pairs,
     list_images,
     psnr,
@@ -74,7 +74,7 @@ def held_out_pairs(folder: str, scale: int, protocol: str = "aa-bicubic") -> lis
 def folder_lrs(folder: str, scale: int, limit: int | None = None) -> list[torch.Tensor]:
     """LR images (the project's bicubic degradation) of the first ``limit`` images of ``folder``:
     INT8 calibration data, where no PSNR is taken, so flat images are welcome."""
-    return [evaluation_pair(read_image(path)[0], scale)[1] for path in list_images(folder)[:limit]]
+    return [evaluation_lr(read_image(path)[0], scale)[1] for path in list_images(folder)[:limit]]
 
 
 def psnr_per_image(upscale: Upscaler, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int) -> list[float]:

@@ -171,14 +171,19 @@ def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+def evaluation_lr(image: np.ndarray, scale: int, protocol: str = "aa-bicubic") -> tuple[np.ndarray, torch.Tensor]:
+    """(HR image cropped to a multiple of ``scale``, its LR tensor under the LR ``protocol``
+    (aether_degrade.PROTOCOLS)): the input of every quality figure, and of INT8 calibration."""
+    hr = mod_crop(image, scale)
+    return hr, protocol_lr(to_tensor(hr), scale, protocol)
+
+
 def evaluation_pair(
     image: np.ndarray, scale: int, protocol: str = "aa-bicubic"
 ) -> tuple[np.ndarray, torch.Tensor, float]:
-    """How every quality figure is set up: (HR image cropped to a multiple of ``scale``, its
-    LR tensor under the LR ``protocol`` (aether_degrade.PROTOCOLS), PSNR of bicubic upscaling
-    of that LR vs the HR)."""
-    hr = mod_crop(image, scale)
-    lr = protocol_lr(to_tensor(hr), scale, protocol)
+    """How every quality figure is set up: evaluation_lr and the PSNR of bicubic upscaling of
+    that LR vs the HR."""
+    hr, lr = evaluation_lr(image, scale, protocol)
     return hr, lr, psnr(to_image(bicubic_upscale(lr, scale)), hr, border=scale)
 
 
@@ -189,10 +194,17 @@ class UnmeasurableImageError(ValueError):
 def evaluation_pairs(
     image: np.ndarray, scale: int, protocols: Sequence[str] = PROTOCOLS
 ) -> dict[str, tuple[np.ndarray, torch.Tensor, float]]:
-    """evaluation_pair under each of ``protocols``. Bicubic reproduces a flat image exactly: its
-    PSNR is infinite, and so is the mean over a folder holding it, which would make every model
-    "worse than bicubic" whatever it does, so such an image raises UnmeasurableImageError. At x1
-    the LR is the image itself: bicubic is exact on every image, so x1 is not checked."""
+    """evaluation_pair under each of ``protocols``; UnmeasurableImageError for an image PSNR
+    cannot rank upscalers on. One too small to keep any pixel inside the border PSNR leaves out
+    has no PSNR at all. Bicubic reproduces a flat image exactly: its PSNR is infinite, and so is
+    the mean over a folder holding it, which would make every model "worse than bicubic" whatever
+    it does. At x1 the LR is the image itself and bicubic is exact on every image, so x1 is not
+    checked for that."""
+    height, width = image.shape[:2]
+    if min(height, width) // scale * scale <= 2 * scale:
+        raise UnmeasurableImageError(
+            f"{width}x{height} is too small for x{scale} (PSNR leaves out a border of {scale} pixels)"
+        )
     pairs = {protocol: evaluation_pair(image, scale, protocol) for protocol in protocols}
     if scale > 1 and any(math.isinf(bicubic) for _, _, bicubic in pairs.values()):
         raise UnmeasurableImageError("bicubic reproduces it exactly (a flat image): PSNR cannot rank upscalers on it")

@@ -316,8 +316,6 @@ def load_validation_images(folder: str, scale: int, device: torch.device, notes:
         except UnmeasurableImageError as exc:
             raise InputError(f"validation image {str(path)!r}: {exc}; leave it out of --val-dir") from None
         hr = next(iter(pairs.values()))[0]
-        if min(hr.shape[:2]) <= 2 * scale:  # PSNR ignores a border of `scale` pixels
-            raise InputError(f"validation image {str(path)!r} is too small for x{scale} ({hr.shape[1]}x{hr.shape[0]})")
         lrs = {protocol: lr.to(device) for protocol, (_, lr, _) in pairs.items()}
         images.append(ValidationImage(path.name, hr, lrs, {p: bicubic for p, (_, _, bicubic) in pairs.items()}))
     if not images:

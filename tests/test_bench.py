@@ -149,15 +149,23 @@ def _span_int8_fidelity(model):
     return 10 * np.log10(np.ptp(expected) ** 2 / np.mean((expected - actual) ** 2))
 
 
-def test_a_flat_held_out_image_is_an_error_for_quality_but_calibrates(tmp_path):
-    """Bicubic is exact on a flat image: its PSNR, and the folder's mean, would be infinite."""
+@pytest.mark.parametrize(
+    "name, pixels, error",
+    [
+        ("flat.png", np.full((24, 32, 3), 0.5, np.float32), r"flat\.png': bicubic reproduces it exactly"),
+        ("tiny.png", np.random.default_rng(0).random((11, 32, 3), np.float32), r"tiny\.png': 32x11 is too small"),
+    ],
+)
+def test_an_unmeasurable_held_out_image_is_an_error_for_quality_but_calibrates(tmp_path, name, pixels, error):
+    """Bicubic is exact on a flat image: its PSNR, and the folder's mean, would be infinite; a
+    tiny one keeps no pixel inside the border PSNR leaves out."""
     folder = write_image_folder(tmp_path / "held_out", [(24, 32)], seed=5)
-    assert len(held_out_pairs(str(folder), 2, "sharp")) == 1  # the neighbour: a photo measures
-    write_image(folder / "flat.png", np.full((24, 32, 3), 0.5, np.float32))
+    assert len(held_out_pairs(str(folder), 4, "sharp")) == 1  # the neighbour: a photo measures
+    write_image(folder / name, pixels)
     for protocol in ("aa-bicubic", "sharp"):
-        with pytest.raises(InputError, match=r"flat\.png': bicubic reproduces it exactly \(a flat image\)"):
-            held_out_pairs(str(folder), 2, protocol)
-    assert [lr.shape for lr in folder_lrs(str(folder), 2)] == [(1, 3, 12, 16)] * 2  # INT8 calibration takes it
+        with pytest.raises(InputError, match=error):
+            held_out_pairs(str(folder), 4, protocol)
+    assert len(folder_lrs(str(folder), 4)) == 2  # INT8 calibration takes it
 
 
 def test_span_peer_is_built_as_trainner_redux_builds_it_and_survives_static_int8():

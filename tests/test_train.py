@@ -214,6 +214,7 @@ def _error_line(capsys):
         ("unknown_kernel", "unknown kernel 'bilinear'"),
         ("jpeg_quality", "--jpeg-quality: expected a whole number in 1..100, got 101"),
         ("flat_validation_image", "flat.png': bicubic reproduces it exactly (a flat image)"),
+        ("tiny_validation_image", "tiny.png': 5x9 is too small for x2 (PSNR leaves out a border of 2 pixels)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, tmp_path, capsys):
@@ -249,6 +250,10 @@ def test_bad_input_is_one_line_and_exit_code_2(case, expected, data, float_run, 
     elif case == "flat_validation_image":
         (tmp_path / "val").mkdir()
         write_image(tmp_path / "val" / "flat.png", np.full((24, 24, 3), 0.25, np.float32))
+        extra = ["--val-dir", str(tmp_path / "val")]
+    elif case == "tiny_validation_image":
+        (tmp_path / "val").mkdir()
+        write_image(tmp_path / "val" / "tiny.png", np.random.default_rng(0).random((9, 5, 3), np.float32))
         extra = ["--val-dir", str(tmp_path / "val")]
     argv = [*TINY, "--train-dir", train, "--out-dir", str(tmp_path / "out"), "--steps", "2", *extra]
     assert aether_train.main(argv) == 2
