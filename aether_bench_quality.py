@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,11 +27,12 @@ from aether_arch import PRESET_FACTORIES, float_copy, load_model, onnx_model_pro
 from aether_bench_report import AETHER_INT8, PEER_INT8, QatResult, QualityResult, QualityRow, Timing
 from aether_cli import InputError
 from aether_data import (
+    ImageReadError,
     UnmeasurableImageError,
     bicubic_upscale,
     evaluation_lr,
     evaluation_pairs,
-    list_images,
+    image_files,
     psnr,
     read_image,
     to_image,
@@ -57,24 +58,38 @@ QAT_SHARE = 0.2  # aether_tiny's last fifth of the training budget is QAT
 # ---------------------------------------------------------------------------------------
 
 
-def held_out_pairs(folder: str, scale: int, protocol: str = "aa-bicubic") -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, LR batch, HR image) for every image: HR cropped to a multiple of scale, LR under
-    the LR ``protocol`` (aether_degrade.PROTOCOLS; by default the SR benchmark's). An image no
-    PSNR can be measured on is a one-line error: a mean over the folder would be meaningless."""
-    pairs = []
-    for path in list_images(folder):
+def read_folder(folder: str, option: str, limit: int | None = None) -> Iterator[tuple[Path, np.ndarray]]:
+    """(path, image) of the first ``limit`` images of ``folder``, given as command-line
+    ``option``: a missing or empty folder, or an unreadable image, is a one-line error."""
+    for path in image_files(folder, option)[:limit]:
         try:
-            hr, lr, _ = evaluation_pairs(read_image(path)[0], scale, (protocol,))[protocol]
+            yield path, read_image(path)[0]
+        except ImageReadError as exc:
+            raise InputError(f"{option} {folder!r}: {exc}") from None
+
+
+def held_out_pairs(folder: str, scale: int, protocol: str = "aa-bicubic") -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, LR batch, HR image) for every image of ``--val-dir`` ``folder``: HR cropped to a
+    multiple of scale, LR under the LR ``protocol`` (aether_degrade.PROTOCOLS; by default the SR
+    benchmark's). An image no PSNR can be measured on is a one-line error: a mean over the folder
+    would be meaningless."""
+    pairs = []
+    for path, image in read_folder(folder, "--val-dir"):
+        try:
+            hr, lr, _ = evaluation_pairs(image, scale, (protocol,))[protocol]
         except UnmeasurableImageError as exc:
             raise InputError(f"held-out image {str(path)!r}: {exc}; leave it out of the folder") from None
         pairs.append((path.name, lr.numpy(), hr))
     return pairs
 
 
-def folder_lrs(folder: str, scale: int, limit: int | None = None) -> list[torch.Tensor]:
-    """LR images (the project's bicubic degradation) of the first ``limit`` images of ``folder``:
-    INT8 calibration data, where no PSNR is taken, so flat images are welcome."""
-    return [evaluation_lr(read_image(path)[0], scale)[1] for path in list_images(folder)[:limit]]
+def folder_lrs(
+    folder: str, scale: int, limit: int | None = None, option: str = "--calibration-dir"
+) -> list[torch.Tensor]:
+    """LR images (the project's bicubic degradation) of the first ``limit`` images of ``folder``
+    (command-line ``option``): INT8 calibration data, where no PSNR is taken, so flat images are
+    welcome."""
+    return [evaluation_lr(image, scale)[1] for _, image in read_folder(folder, option, limit)]
 
 
 def psnr_per_image(upscale: Upscaler, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int) -> list[float]:
@@ -90,10 +105,13 @@ def onnx_upscaler(model: bytes, threads: int) -> Upscaler:
     return onnx_runtime(model, CPU_PROVIDER, threads).open()
 
 
-def calibration_crops(folder: str, scale: int, lr_size: int = 96) -> list[np.ndarray]:
+def calibration_crops(
+    folder: str, scale: int, lr_size: int = 96, option: str = "--calibration-dir"
+) -> list[np.ndarray]:
     """LR centre crops of the first training images (the project's bicubic degradation): the
     real-image calibration set of the peers' static INT8."""
-    return [crop.numpy() for crop in calibration_batches(folder_lrs(folder, scale, CALIBRATION_INPUTS), lr_size)]
+    lrs = folder_lrs(folder, scale, CALIBRATION_INPUTS, option)
+    return [crop.numpy() for crop in calibration_batches(lrs, lr_size)]
 
 
 def qat_switch_step(steps: int) -> int:
@@ -156,7 +174,7 @@ def train_and_export(name: str, args: argparse.Namespace, run_dir: Path) -> tupl
     seconds = time.perf_counter() - start
     deployed = peer_deploy_form(trained)
     fp32_model = onnx_bytes(deployed)
-    int8 = static_int8_bytes(fp32_model, calibration_crops(args.train_dir, args.quality_scale))
+    int8 = static_int8_bytes(fp32_model, calibration_crops(args.train_dir, args.quality_scale, option="--train-dir"))
     return deployed, fp32_model, int8, f"EMA after {args.budget} steps", seconds
 
 

@@ -168,6 +168,22 @@ def test_an_unmeasurable_held_out_image_is_an_error_for_quality_but_calibrates(t
     assert len(folder_lrs(str(folder), 4)) == 2  # INT8 calibration takes it
 
 
+def test_quality_folders_that_cannot_be_read_are_one_line_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    broken = write_image_folder(tmp_path / "broken", [(24, 32)], seed=6)
+    (broken / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(InputError, match=r"--val-dir '\S+nope': no such folder"):
+        held_out_pairs(str(tmp_path / "nope"), 2)
+    with pytest.raises(InputError, match=r"--val-dir '\S+empty' contains no images"):
+        held_out_pairs(str(tmp_path / "empty"), 2)
+    with pytest.raises(InputError, match=r"--val-dir '\S+broken': cannot decode image '\S+broken.png'"):
+        held_out_pairs(str(broken), 2)
+    with pytest.raises(InputError, match=r"--train-dir '\S+broken': cannot decode image"):
+        calibration_crops(str(broken), 2, option="--train-dir")
+    (broken / "broken.png").unlink()  # the neighbour: the same folder without it reads
+    assert len(held_out_pairs(str(broken), 2)) == len(calibration_crops(str(broken), 2)) == 1
+
+
 def test_span_peer_is_built_as_trainner_redux_builds_it_and_survives_static_int8():
     from spandrel.architectures.SPAN import SPAN
 
