@@ -68,7 +68,7 @@ from aether_arch import (
 from aether_bench_design import design_report
 from aether_bench_plots import write_plots
 from aether_bench_pth_int8 import add_pth_int8_parser, pth_int8_report
-from aether_bench_quality import measure_qat, measure_quality
+from aether_bench_quality import held_out_pairs, measure_qat, measure_quality
 from aether_bench_report import (
     AETHER_INT8,
     HD_HEIGHT,
@@ -472,7 +472,8 @@ def resolve_compare_options(args: argparse.Namespace) -> None:
     if not args.skip_quality:
         image_files(args.train_dir, "--train-dir")
     if not (args.skip_quality and args.skip_qat):
-        image_files(args.val_dir, "--val-dir")
+        # read now, not after the speed section's half hour: a flat or tiny image is an error
+        held_out_pairs(args.val_dir, args.quality_scale)
     if not args.skip_qat:
         image_files(args.calibration_dir, "--calibration-dir")
         for option, path in (("--float-checkpoint", args.float_checkpoint), ("--qat-checkpoint", args.qat_checkpoint)):

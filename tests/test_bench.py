@@ -671,6 +671,15 @@ def test_compare_rejects_bad_input_with_one_line_and_exit_2(tmp_path, capsys, ex
     assert message in err and err.count("\n") == 1
 
 
+def test_compare_rejects_a_flat_held_out_image_before_it_starts(tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "val", [(24, 32)], seed=7)
+    write_image(folder / "flat.png", np.full((24, 32, 3), 0.5, np.float32))
+    assert aether_bench.main(["compare", "--out", str(tmp_path / "out"), "--val-dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "flat.png': bicubic reproduces it exactly" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", ["c32 4 x 5x5, 3x3 out", "c48 L,S,L k5, 1x1 out"])
 def test_design_candidates_start_as_nearest_upsampling_and_deploy_fused(name):
     x = torch.rand(1, 3, 6, 5)
