@@ -116,23 +116,28 @@ def _record_outputs(model, store):
             module.register_forward_hook(hook(name))
 
 
-def test_qat_forward_equals_reference_int8_simulation(qat_model):
-    qat_model = copy.deepcopy(qat_model)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+def test_qat_forward_equals_reference_int8_simulation(qat_model, dtype):
     ref = _reference_int8_model(qat_model)
+    qat_model = copy.deepcopy(qat_model).to(dtype)
     got, expected = {}, {}
     _record_outputs(qat_model, got)
     _record_outputs(ref, expected)
     x, _ = _sr_batch(n=2, size=20)
     with torch.no_grad():
-        out, ref_out = qat_model.forward_unclamped(x), ref.forward_unclamped(x.double())
+        out, ref_out = qat_model.forward_unclamped(x.to(dtype)), ref.forward_unclamped(x.double())
     assert got.keys() == expected.keys() and len(got) == 3 * 3 + 7
     for name in got:
         step = float(dict(qat_model.named_modules())[name].scale.detach())
         diff = (got[name] - expected[name]).abs() / step
-        # the same INT8 grid value everywhere but at rare float32-vs-float64 rounding ties: a
-        # conv's exact output is a whole multiple of s_in * s_w, so where s_in * s_w / s_out is
-        # near a simple fraction (upsample_q's fine grid) ties recur, and one upstream moves it by 2
-        assert diff.max() <= 2.0 + 1e-4 and (diff > 0.5).float().mean() < 5e-3, name
+        if dtype == torch.float64:  # the same arithmetic: the same INT8 grid value everywhere
+            assert diff.max() < 1e-6, name
+            continue
+        # float32 differs from it only at rounding ties: a conv's exact output is a whole multiple
+        # of s_in * s_w, so where s_in * s_w / s_out is near a simple fraction (upsample_q's fine
+        # grid) ties recur, and one upstream moves it by 2. How many depends on the CPU's float32
+        # summation order: 0.59% of upsample_q on a 2-thread Intel Xeon, under 0.5% on AMD EPYC.
+        assert diff.max() <= 2.0 + 1e-4 and (diff > 0.5).float().mean() < 1e-2, name
     assert (out.double() - ref_out).abs().mean() < 0.1 * float(qat_model.feat_q.scale.detach())
 
 
