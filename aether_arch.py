@@ -1011,6 +1011,10 @@ def calibrate_int8(model: AetherNet, batches: Any) -> AetherNet:
         for batch in batches:
             model(batch.to(_device(model)))
             seen += 1
+        if seen and isinstance(model.skip_q, ActQuant):
+            # The shortcut carries input pixels: its range is the image's, not the brightest pixel
+            # these images had (calibrated on one photo, it clipped brighter ones: 2-3 dB below bicubic).
+            model.skip_q._observe(torch.tensor([0.0, 1.0], device=_device(model)))
     finally:
         for q in quantizers:
             if seen:

@@ -460,6 +460,28 @@ def test_post_training_calibration_sets_every_range():
     assert model.qat and is_calibrated(model) and not model.training
 
 
+def _quantized_shortcut_is_exact(model):
+    """Whether the shortcut's quantizer carries the quantized input's pixels through unchanged
+    (up to float rounding, far below a level)."""
+    x = torch.arange(256.0).reshape(1, 1, 16, 16).expand(1, 3, 16, 16) / 255  # every 8-bit pixel
+    with torch.no_grad():
+        pixels = model.input_q(x)
+        shortcut = model.shuffle(model.skip_q(model.skip(pixels)))
+    nearest = torch.nn.functional.interpolate(pixels, scale_factor=model.scale, mode="nearest")
+    return torch.allclose(shortcut, nearest, rtol=0, atol=1e-6)
+
+
+def test_calibration_gives_the_shortcut_the_images_range_not_the_brightest_pixel_seen():
+    """Calibrated from what its images reached, the shortcut clipped any brighter pixel."""
+    model = aether_tiny(scale=2, num_blocks=2)
+    train_steps(model)
+    dark, bright = copy.deepcopy(model), model
+    calibrate_int8(dark, [_sr_batch()[0] * 0.5 for _ in range(3)])
+    calibrate_int8(bright, [_sr_batch()[0] for _ in range(3)])
+    assert dark.head_q.scale < bright.head_q.scale  # the other ranges do come from the images
+    assert _quantized_shortcut_is_exact(dark) and _quantized_shortcut_is_exact(bright)
+
+
 def test_no_deprecation_warnings_on_the_qat_and_export_path(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
