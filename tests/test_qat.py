@@ -472,7 +472,7 @@ def _quantized_shortcut_is_exact(model):
 
 
 def test_calibration_gives_the_shortcut_the_images_range_not_the_brightest_pixel_seen():
-    """Calibrated from what its images reached, the shortcut clipped any brighter pixel."""
+    """Given the range its calibration images reached, the shortcut clipped brighter pixels."""
     model = aether_tiny(scale=2, num_blocks=2)
     train_steps(model)
     dark, bright = copy.deepcopy(model), model
