@@ -999,8 +999,8 @@ def is_calibrated(model: AetherNet) -> bool:
 @torch.no_grad()
 def calibrate_int8(model: AetherNet, batches: Any) -> AetherNet:
     """Post-training quantization: set every activation range of a QAT-form model to the
-    min/max seen on ``batches`` (float NCHW tensors in [0, 1]; the shortcut's spans [0, 1] too). Lower quality than QAT
-    fine-tuning; use it for models that were not trained with QAT."""
+    min/max seen on ``batches`` (float NCHW tensors in [0, 1]; the shortcut's spans [0, 1] too).
+    Lower quality than QAT fine-tuning; use it for models that were not trained with QAT."""
     prepare_qat(model)
     model.eval()
     quantizers = act_quantizers(model)
