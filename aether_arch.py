@@ -1213,8 +1213,9 @@ class AetherCheckpointError(ValueError):
 
 
 # Wrappers used by BasicSR-style trainers (neosr, traiNNer-redux) and others, in order of
-# preference: the EMA weights are the ones meant for inference.
-WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
+# preference: the EMA weights are the ones meant for inference ("ema" before "model": the
+# training state aether_train.py writes holds both).
+WRAPPER_KEYS = ("params_ema", "params", "ema", "state_dict", "model", "net")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 _LEGACY_MAX_BYTES = 1 << 20  # a legacy-format pickle is only read when this small
 _METADATA_MAX_CHARS, _METADATA_MAX_DEPTH = 1 << 20, 8  # ours is ~1 KB, 3 levels deep

@@ -66,9 +66,15 @@ def _separable(batch: torch.Tensor, taps: torch.Tensor, stride: int, pad: tuple[
     n, c, h, w = batch.shape
     planes = batch.reshape(n * c, 1, h, w)
     taps = taps.to(batch)
-    planes = F.conv2d(F.pad(planes, (pad[0], pad[1], 0, 0), mode="reflect"), taps.view(1, 1, 1, -1), stride=(1, stride))
-    planes = F.conv2d(F.pad(planes, (0, 0, pad[0], pad[1]), mode="reflect"), taps.view(1, 1, -1, 1), stride=(stride, 1))
+    planes = F.conv2d(_pad_borders(planes, (pad[0], pad[1], 0, 0), w), taps.view(1, 1, 1, -1), stride=(1, stride))
+    planes = F.conv2d(_pad_borders(planes, (0, 0, pad[0], pad[1]), h), taps.view(1, 1, -1, 1), stride=(stride, 1))
     return planes.reshape(n, c, planes.shape[-2], planes.shape[-1])
+
+
+def _pad_borders(planes: torch.Tensor, pad: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    # Reflection needs a padding smaller than the side; a patch smaller than the kernel (a tiny
+    # --lr-patch with Lanczos, a --blur-sigma wider than the patch) repeats its edge instead.
+    return F.pad(planes, pad, mode="reflect" if max(pad) < size else "replicate")
 
 
 def downscale(hr: torch.Tensor, scale: int, kernel: str) -> torch.Tensor:

@@ -514,7 +514,7 @@ def make_optimizer(
         model.parameters(), lr=phase.lr, betas=(0.9, options.beta2), weight_decay=options.weight_decay
     )
     steps = phase.end_step - phase.first_step
-    floor = options.min_lr / phase.lr
+    floor = min(1.0, options.min_lr / phase.lr)  # a QAT LR below --min-lr stays flat: it never rises
 
     def lr_factor(i: int) -> float:
         if i < phase.warmup:

@@ -3,6 +3,8 @@ the maths makes two the same), the kernels agree with OpenCV's, and a recipe is 
 under a seed, draws a fixed count of random numbers and fails loudly on a bad definition."""
 
 import itertools
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,8 +12,18 @@ import pytest
 import torch
 
 from aether_data import bicubic_downscale, evaluation_pair
-from aether_degrade import KERNELS, PROTOCOLS, RECIPES, Recipe, downscale, parse_kernels, protocol_lr
+from aether_degrade import (
+    KERNELS,
+    PROTOCOLS,
+    RECIPES,
+    Recipe,
+    downscale,
+    gaussian_blur,
+    parse_kernels,
+    protocol_lr,
+)
 
+REPO = Path(__file__).resolve().parents[1]
 HR = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
 # Exact identities: at x2 plain linear samples midway between two pixels (the 2x2 mean, as
 # area); at odd scales plain cubic, linear and nearest all sample the centre pixel.
@@ -42,6 +54,21 @@ def test_plain_kernels_match_opencv(kernel, flag, scale):
     expected = np.clip(cv2.resize(image, (48 // scale, 48 // scale), interpolation=flag), 0, 1)
     actual = downscale(HR[:1], scale, kernel)[0].permute(1, 2, 0).numpy()
     assert np.abs(actual - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_patches_smaller_than_a_kernel_still_degrade(scale):
+    # --lr-patch 1 or 2 with Lanczos, and a --blur-sigma wider than the patch, reach the filter
+    # with less image than its reach (reflection cannot pad that far)
+    tiny = torch.rand(2, 3, 2 * scale, 2 * scale, generator=torch.Generator().manual_seed(1))
+    for kernel in KERNELS:
+        lr = downscale(tiny, scale, kernel)
+        assert lr.shape == (2, 3, 2, 2) and torch.isfinite(lr).all(), kernel
+    flat = torch.full((3, 8, 8), 0.25)
+    assert torch.allclose(gaussian_blur(flat, 20.0), flat, atol=1e-6)
+    # the neighbour: where reflection fits, borders still reflect (OpenCV's default border)
+    reference = cv2.GaussianBlur(HR[0].permute(1, 2, 0).numpy(), (7, 7), 1.0, borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(gaussian_blur(HR[0], 1.0).permute(1, 2, 0).numpy() - reference).max() < 1e-6
 
 
 def test_antialiased_kernels_keep_flat_areas_and_lanczos_is_sharper_than_bilinear():
@@ -137,3 +164,17 @@ def test_parse_kernels():
     assert parse_kernels("area") == (("area", 1.0),)
     with pytest.raises(ValueError, match="'cubic:x' is not KERNEL:PROBABILITY"):
         parse_kernels("cubic:x")
+
+
+def test_the_readme_states_the_robust_recipe_the_code_draws():
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `robust`"))
+    robust = RECIPES["robust"]
+    stated = {k: float(p) for k, p in re.findall(r"([a-z-]+) (0\.\d+)", row.split("drawn from")[1].split(";")[0])}
+    assert stated == dict(robust.kernels)
+    for step, prob, low_high in (
+        ("blur", robust.blur_prob, robust.blur_sigma),
+        ("noise", robust.noise_prob, robust.noise_sigma),
+        ("JPEG", robust.jpeg_prob, robust.jpeg_quality),
+    ):
+        p, low, high = re.search(rf"{step}[^(]*\(p ([\d.]+), \D*([\d.]+)–([\d.]+)", row).groups()
+        assert (float(p), float(low), float(high)) == (prob, *low_high), step

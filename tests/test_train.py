@@ -1,6 +1,7 @@
 """aether_train.py: short end-to-end runs on tiny settings, the checkpoint formats, exact resume,
 QAT (from a float checkpoint and switched mid-run), bad input, and DDP with 2 CPU processes."""
 
+import itertools
 import json
 import os
 import re
@@ -13,9 +14,9 @@ import pytest
 import torch
 
 import aether_train
-from aether_arch import detect_config, is_calibrated, load_model
+from aether_arch import detect_config, is_calibrated, load_model, read_checkpoint
 from aether_data import bicubic_downscale, list_images, mod_crop, psnr, read_image, to_image, to_tensor, write_image
-from aether_training import PatchSampler, detail, training_cost
+from aether_training import PatchSampler, TrainingOptions, current_phase, detail, make_optimizer, training_cost
 from conftest import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +86,15 @@ def test_training_state_loads_weights_only(float_run):
     rng = state["rng"]
     assert isinstance(rng["torch_cpu"], torch.Tensor) and len(rng["patch_sampler"]) == 1
     assert isinstance(rng["python"][1], list) and all(isinstance(v, int) for v in rng["python"][1][:5])
+
+
+def test_a_training_state_as_a_checkpoint_gives_its_ema_weights(float_run):
+    # --pretrained, aether_upscale.py and aether_release.py read it as they read params_ema
+    state = torch.load(float_run / "training_state.pth", map_location="cpu", weights_only=True)
+    weights, _ = read_checkpoint(str(float_run / "training_state.pth"))
+    assert weights.keys() == state["ema"].keys()
+    assert all(torch.equal(weights[k], state["ema"][k]) for k in weights)
+    assert not all(torch.equal(weights[k], state["model"][k]) for k in weights)
 
 
 def test_log_has_config_loss_validation_and_wall_time(float_run):
@@ -354,6 +364,19 @@ def test_ddp_two_cpu_processes_with_torchrun(data, tmp_path):
     assert not torch.equal(first, second)  # each rank draws its own patches
     log = (out / "train.log").read_text()
     assert log.count("command: ") == 1 and "x 2 process(es)" in log and "validation PSNR" in log
+
+
+@pytest.mark.parametrize("qat_lr", [1e-4, 5e-7])  # above, then below --min-lr 1e-6
+def test_the_qat_phase_lr_decays_and_never_rises(qat_lr):
+    options = TrainingOptions(train_dir="x", steps=100, qat_after=50, lr=2e-3, qat_lr=qat_lr, out_dir="x").check()
+    optimizer, schedule = make_optimizer(torch.nn.Linear(1, 1), current_phase(options, qat=True), options)
+    lrs = []
+    for _ in range(50):
+        lrs.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(qat_lr) and all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(lrs))
+    assert (lrs[-1] < lrs[0]) == (qat_lr > options.min_lr)
 
 
 def test_the_sampler_redraws_flat_crops():
