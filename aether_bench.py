@@ -356,25 +356,35 @@ def render(results: CompareResults, out_dir: Path) -> str:
     return write_report(results, out_dir)
 
 
+# --render-only's options that take one section from a rerun: option -> CompareResults field
+RERUN_SECTIONS = {"quality_from": "quality", "qat_from": "qat"}
+
+
 def run_compare(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if args.render_only:
         results = load_results(out_dir)
         if args.zoo:
             results.zoo_quality, results.meta["zoo_quality"] = args.zoo, args.zoo_quality
-        if args.quality_from:  # a rerun of the quality section alone (--skip-speed --skip-qat)
-            rerun = load_results(Path(args.quality_from))
-            results.quality = rerun.quality
-            results.meta.setdefault("amended", []).append(
-                f"quality section from `{rerun.meta['command']}`, started {rerun.meta['started']}"
-            )
-        if args.zoo or args.quality_from:
+        for option, section in RERUN_SECTIONS.items():
+            if getattr(args, option):
+                rerun = load_results(Path(getattr(args, option)))
+                if getattr(rerun, section) is None:
+                    raise InputError(
+                        f"--{option.replace('_', '-')} {getattr(args, option)}: its run has no {section} section"
+                    )
+                setattr(results, section, getattr(rerun, section))
+                results.meta.setdefault("amended", []).append(
+                    f"{'QAT' if section == 'qat' else section} section from `{rerun.meta['command']}`, "
+                    f"started {rerun.meta['started']}"
+                )
+        if args.zoo or any(getattr(args, option) for option in RERUN_SECTIONS):
             save_results(results, out_dir)
         print(render(results, out_dir))
         return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    left_out = ("run", "command_line", "render_only", "out", "quick", "zoo", "quality_from")
+    left_out = ("run", "command_line", "render_only", "out", "quick", "zoo", *RERUN_SECTIONS)
     options = {k: v for k, v in vars(args).items() if k not in left_out}
     results = CompareResults(
         meta={
@@ -462,27 +472,39 @@ def resolve_compare_options(args: argparse.Namespace) -> None:
         raise InputError("--budget-s and --max-run-s must be positive")
     out_dir = Path(args.out)
     args.zoo = load_zoo_quality(args.zoo_quality) if args.zoo_quality else {}
-    if args.quality_from and not args.render_only:
-        raise InputError("--quality-from only goes with --render-only")
+    reruns = [getattr(args, option) for option in RERUN_SECTIONS if getattr(args, option)]
+    for option in RERUN_SECTIONS:
+        if getattr(args, option) and not args.render_only:
+            raise InputError(f"--{option.replace('_', '-')} only goes with --render-only")
     if args.render_only:
-        for folder in (out_dir, *([Path(args.quality_from)] if args.quality_from else [])):
+        for folder in (out_dir, *map(Path, reruns)):
             if not (folder / RESULTS_JSON).is_file():
                 raise InputError(f"--render-only: {folder / RESULTS_JSON} not found")
         return
     if not args.skip_quality:
         image_files(args.train_dir, "--train-dir")
-    if not (args.skip_quality and args.skip_qat):
-        # read now, not after the speed section's half hour: a flat or tiny image is an error
+    # read now, not after the speed section's half hour: a flat or tiny image is an error
+    if not args.skip_quality:
         held_out_pairs(args.val_dir, args.quality_scale)
     if not args.skip_qat:
         image_files(args.calibration_dir, "--calibration-dir")
+        models = {}
         for option, path in (("--float-checkpoint", args.float_checkpoint), ("--qat-checkpoint", args.qat_checkpoint)):
             try:
-                model = load_model(path)
+                models[option] = load_model(path)
             except AetherCheckpointError as exc:
                 raise InputError(f"{option}: {exc}") from None
-            if option == "--qat-checkpoint" and not has_qat_ranges_for(model, "cpu"):
-                raise InputError(f"--qat-checkpoint {path!r} is not a QAT-trained checkpoint for the cpu INT8 profile")
+        if not has_qat_ranges_for(models["--qat-checkpoint"], "cpu"):
+            raise InputError(
+                f"--qat-checkpoint {args.qat_checkpoint!r} is not a QAT-trained checkpoint for the cpu INT8 profile"
+            )
+        scales = {option: model.scale for option, model in models.items()}
+        if len(set(scales.values())) > 1:
+            raise InputError(
+                f"--float-checkpoint is a x{scales['--float-checkpoint']} model, --qat-checkpoint a "
+                f"x{scales['--qat-checkpoint']} one: QAT is compared with the float model it was fine-tuned from"
+            )
+        held_out_pairs(args.val_dir, scales["--qat-checkpoint"])
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
@@ -676,6 +698,12 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
         "--calibration-dir",
         default="samples/train",
         help="images for the PTQ version of the float checkpoint (default: samples/train)",
+    )
+    qat.add_argument(
+        "--qat-from",
+        metavar="DIR",
+        help="with --render-only: replace the QAT section by DIR's (a run with --skip-speed --skip-quality, "
+        "e.g. after a change to INT8 calibration); the report says so",
     )
     compare.set_defaults(run=run_compare)
 

@@ -8,6 +8,7 @@ cost of a QAT training step).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -27,12 +28,14 @@ from aether_arch import PRESET_FACTORIES, float_copy, load_model, onnx_model_pro
 from aether_bench_report import AETHER_INT8, PEER_INT8, QatResult, QualityResult, QualityRow, Timing
 from aether_cli import InputError
 from aether_data import (
+    MIN_LR_SIDE,
     ImageReadError,
     UnmeasurableImageError,
     bicubic_upscale,
     evaluation_lr,
     evaluation_pairs,
     image_files,
+    mod_crop,
     psnr,
     read_image,
     to_image,
@@ -88,8 +91,31 @@ def folder_lrs(
 ) -> list[torch.Tensor]:
     """LR images (the project's bicubic degradation) of the first ``limit`` images of ``folder``
     (command-line ``option``): INT8 calibration data, where no PSNR is taken, so flat images are
-    welcome."""
-    return [evaluation_lr(image, scale)[1] for _, image in read_folder(folder, option, limit)]
+    welcome; one smaller than the scale has no LR, a one-line error."""
+    lrs = []
+    for path, image in read_folder(folder, option, limit):
+        if min(image.shape[:2]) < scale:
+            raise InputError(
+                f"{option} {folder!r}: {path.name} is {image.shape[1]}x{image.shape[0]}, smaller than "
+                f"one x{scale} LR pixel; leave it out of the folder"
+            )
+        lrs.append(evaluation_lr(image, scale)[1])
+    return lrs
+
+
+def release_calibration(folder: str, scale: int) -> list[torch.Tensor]:
+    """The INT8 calibration batches aether_release.py makes of ``--calibration-dir`` ``folder``:
+    every image's LR under every LR protocol, images PSNR cannot be taken on (flat, tiny) left
+    out as the release leaves them out."""
+    lrs = []
+    for _, image in read_folder(folder, "--calibration-dir"):
+        if min(mod_crop(image, scale).shape[:2]) < MIN_LR_SIDE * scale:
+            continue
+        with contextlib.suppress(UnmeasurableImageError):
+            lrs += [lr for _, lr, _ in evaluation_pairs(image, scale).values()]
+    if not lrs:
+        raise InputError(f"--calibration-dir {folder!r}: no image to calibrate INT8 on (all flat or too small)")
+    return calibration_batches(lrs)
 
 
 def psnr_per_image(upscale: Upscaler, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int) -> list[float]:
@@ -290,7 +316,7 @@ def measure_qat(args: argparse.Namespace) -> QatResult:
     float_model, qat_model = load_model(args.float_checkpoint), load_model(args.qat_checkpoint)
     scale = float_model.scale
     pairs = held_out_pairs(args.val_dir, scale)
-    calibration = calibration_batches(folder_lrs(args.calibration_dir, scale))
+    calibration = release_calibration(args.calibration_dir, scale)
     fp32 = float_copy(float_model)
     ptq, _ = int8_model(float_model, fp32, profile="cpu", calibration=calibration)
     qat, _ = int8_model(qat_model, float_copy(qat_model), profile="cpu", calibration=[])
@@ -307,7 +333,7 @@ def measure_qat(args: argparse.Namespace) -> QatResult:
         float_checkpoint=args.float_checkpoint,
         qat_checkpoint=args.qat_checkpoint,
         val_dir=args.val_dir,
-        calibration=f"LR crops of the {len(calibration)} images of `{args.calibration_dir}`",
+        calibration=f"the LR of the images of `{args.calibration_dir}` under both LR protocols, as the release does",
         images=[name for name, _, _ in pairs],
         psnr={name: psnr_per_image(upscale, pairs, scale) for name, upscale in upscalers.items()},
         step_setup=setup,

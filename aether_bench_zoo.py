@@ -55,7 +55,7 @@ from aether_cli import InputError, markdown_table, real_number, whole_number
 from aether_degrade import PROTOCOLS, RECIPES
 from aether_measure import time_interleaved, time_sessions
 from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
-from aether_runtime import int8_model, onnx_models, ort_session
+from aether_runtime import has_qat_ranges_for, int8_model, onnx_models, ort_session
 from aether_training import (
     Trainer,
     TrainingOptions,
@@ -283,8 +283,10 @@ def exported(name: str, path: str, scale: int, calibration_dir: str) -> Exported
         raise InputError(f"--model {name}={path}: {error_summary(exc)}") from None
     if model.scale != scale:
         raise InputError(f"--model {name}={path} is a x{model.scale} model; --scale is {scale}")
-    if not model.qat:
-        raise InputError(f"--model {name}={path} is not a QAT checkpoint: release INT8 comes from QAT")
+    if not has_qat_ranges_for(model, "cpu"):
+        raise InputError(
+            f"--model {name}={path} is not a QAT checkpoint for the cpu INT8 profile: release INT8 comes from QAT"
+        )
     fp32 = float_copy(model)  # as aether_release.py makes model_fp32 and model_int8 of a QAT checkpoint
     int8, _ = int8_model(model, fp32, profile="cpu", calibration=[])
     protos = onnx_models(fp32, int8, fp16=False)

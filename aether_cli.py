@@ -7,6 +7,7 @@ summaries are Markdown tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
 import os
@@ -15,7 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -202,6 +203,20 @@ def prepare_output_dir(path: str, option: str = "--output-dir") -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{option} {path!r} is not writable (no write permission on {str(existing)!r})")
     return output_dir
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """Around the code that creates ``folder``: when it fails or is interrupted, the folders it
+    created (``folder`` and missing parents) go again, if nothing was left in them."""
+    missing = [p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in missing:  # deepest first; rmdir refuses a folder that is not empty
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

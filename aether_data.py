@@ -29,6 +29,9 @@ from aether_degrade import PROTOCOLS, downscale, protocol_lr
 MAX_IMAGE_PIXELS = 1 << 27  # 134 Mpx: 16384 x 8192
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 MAX_IMAGE_BYTES = 1 << 30
+# The release skips validation and calibration images whose low-resolution version (after
+# mod-crop and downscaling) has a side shorter than this: PSNR ignores a border of `scale` pixels.
+MIN_LR_SIDE = 4
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 

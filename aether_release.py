@@ -43,8 +43,9 @@ graph reproduces) of at least INT8_REFERENCE_FLOOR_DB[profile]: integer kernels 
 something else (int16 pair sums saturating on a CPU without VNNI) fail there even when they stay
 above the loose FP32 floor. Quality (PSNR against the
 original image) and bicubic's PSNR on the same LR are reported next to it, per protocol, with
-a warning when the FP32 model is worse than bicubic under either; latency is the median of
-a few runs on the first image.
+a warning when the FP32 model is worse than bicubic under either, or another artifact (INT8
+calibrated on too few images) is where FP32 is not; latency is the median of a few runs on the
+first image.
 
 Atomicity: everything is written into a staging folder inside --output-dir. After validation,
 each artifact that passed replaces its final name with os.replace (so a re-run swaps files
@@ -115,12 +116,14 @@ from aether_cli import (
     markdown_table,
     note,
     prepare_output_dir,
+    removed_if_left_empty,
     run_cli,
     thread_count,
     warn,
     whole_number,
 )
 from aether_data import (
+    MIN_LR_SIDE,
     ImageReadError,
     UnmeasurableImageError,
     bicubic_upscale,
@@ -164,6 +167,10 @@ WORSE_THAN_BICUBIC_HINTS = {
     "over-sharpens aliased input: train with aether_train.py --degradation robust (several downscaling kernels) "
     "and more weight on plain cubic (--kernels), or use a bigger preset",
 }
+LOSSY_INT8_HINT = (
+    "calibrate INT8 on images like the ones it will upscale (--calibration-dir), fine-tune it with QAT "
+    "(aether_train.py --qat), or use model_fp16 / model_fp32"
+)
 # Minimum PSNR of an artifact's output against the FP32 PyTorch output on the same input.
 # FP32 ONNX differs from PyTorch only by float reordering; FP16 keeps ~11 bits of mantissa;
 # INT8 is bounded by 8-bit activations (PTQ of a good model lands around 35-45 dB).
@@ -176,9 +183,6 @@ FIDELITY_FLOOR_DB = {"fp32": 60.0, "fp16": 45.0, "int8": 30.0}
 # tensorrt profile's symmetric int8 activations run on ONNX Runtime's CPU kernels (not their
 # target) at 53.8-55.7 dB on that CPU, hence its lower floor.
 INT8_REFERENCE_FLOOR_DB = {"cpu": 60.0, "tensorrt": 50.0}
-# Images whose low-resolution version (after mod-crop and bicubic downscaling) has a side
-# shorter than this are skipped: PSNR ignores a border of `scale` pixels on each side.
-MIN_LR_SIDE = 4
 # Latency: the median of runs on the first image: the validation run plus extra runs while
 # they fit in LATENCY_BUDGET_S (at least one, at most LATENCY_MAX_RUNS in all). Fast runs are
 # noisy and get many samples; a slow one (the INT8 .pth simulates integer maths in float64 on
@@ -593,7 +597,8 @@ class RunResult:
         return statistics.fmean(values) if values else None
 
     def mean_bicubic(self, protocol: str = FIRST_PROTOCOL) -> float | None:
-        values = [r["bicubic_db"] for r in self.per_image if r["protocol"] == protocol]
+        """Over the images mean_quality is over: the two are compared."""
+        values = [r["bicubic_db"] for r in self.per_image if r["quality_db"] is not None and r["protocol"] == protocol]
         return statistics.fmean(values) if values else None
 
     def to_json(self) -> dict[str, Any]:
@@ -1090,6 +1095,32 @@ def int8_reference(int8: AetherNet, images: list[ValidationImage], device: torch
     )
 
 
+def worse_than_bicubic(results: Sequence[ArtifactResult]) -> list[str]:
+    """A warning for each LR protocol where the FP32 model is worse than bicubic, and for each
+    other artifact (its first runtime) that is worse than bicubic where FP32 is not: the precision
+    it runs at loses what the model gains."""
+    runs = {artifact.name: artifact.runs[0] for artifact in results if artifact.runs}
+    fp32 = runs.get("model_fp32.onnx")
+    messages = []
+    for protocol, hint in WORSE_THAN_BICUBIC_HINTS.items():
+        quality, bicubic = (fp32.mean_quality(protocol), fp32.mean_bicubic(protocol)) if fp32 else (None, None)
+        if quality is not None and bicubic is not None and quality < bicubic:
+            messages.append(
+                f"the FP32 model ({quality:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on "
+                f"the validation images with {protocol} LR: {hint}"
+            )
+            continue
+        for name, run in runs.items():
+            lower, bicubic = run.mean_quality(protocol), run.mean_bicubic(protocol)
+            if name != "model_fp32.onnx" and lower is not None and bicubic is not None and lower < bicubic:
+                messages.append(
+                    f"{name} ({lower:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on the validation images "
+                    f"with {protocol} LR, where FP32 is better ({format_db(quality)} dB): "
+                    + (LOSSY_INT8_HINT if "int8" in name else "use model_fp32")
+                )
+    return messages
+
+
 def validate_artifacts(
     staging: Path,
     names: list[str],
@@ -1234,7 +1265,7 @@ def release(args: argparse.Namespace) -> int:
     names = artifact_names(precisions, ncnn_precisions)
     ncnn_names = [name for name in names if name.endswith("." + NCNN_FORMAT)]
 
-    with make_staging_dir(inputs.output_dir) as staging_name:
+    with removed_if_left_empty(inputs.output_dir), make_staging_dir(inputs.output_dir) as staging_name:
         staging = Path(staging_name)
         with timings.step("fuse"):
             fp32_model = float_copy(source)
@@ -1301,15 +1332,8 @@ def release(args: argparse.Namespace) -> int:
         )
         by_name = {artifact.name: artifact for artifact in results}
 
-        fp32_run = by_name["model_fp32.onnx"].runs[0]
-        for protocol, hint in WORSE_THAN_BICUBIC_HINTS.items():
-            quality, bicubic = fp32_run.mean_quality(protocol), fp32_run.mean_bicubic(protocol)
-            if quality is not None and bicubic is not None and quality < bicubic:
-                warn(
-                    f"the FP32 model ({quality:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on "
-                    f"the validation images with {protocol} LR: {hint}",
-                    warnings_seen,
-                )
+        for message in worse_than_bicubic(results):
+            warn(message, warnings_seen)
         warn_about_wide_int8_grid(int8, by_name, args, warnings_seen)
         panels = comparison_panels(inputs.images[0], fp32_outputs[0], by_name, scale)
         write_image(staging / COMPARISON_PNG, comparison_image(panels))

@@ -19,10 +19,17 @@ import aether_bench
 import aether_bench_plots
 import aether_bench_report
 import aether_bench_zoo
+import aether_release
 import aether_training
-from aether_arch import PRESET_FACTORIES, RepConv
+from aether_arch import PRESET_FACTORIES, RepConv, aether_tiny, calibrate_int8, prepare_qat, save_checkpoint
 from aether_bench_design import DESIGNS, Candidate, random_deploy_form
-from aether_bench_quality import calibration_crops, folder_lrs, held_out_pairs, measure_quality
+from aether_bench_quality import (
+    calibration_crops,
+    folder_lrs,
+    held_out_pairs,
+    measure_quality,
+    release_calibration,
+)
 from aether_bench_report import (
     HD_LABEL,
     ORT_FP16,
@@ -40,9 +47,10 @@ from aether_bench_report import (
 )
 from aether_cli import InputError
 from aether_data import write_image
+from aether_degrade import PROTOCOLS
 from aether_measure import macs_per_lr_pixel, parameter_count
 from aether_peers import PEERS, onnx_bytes, peer_deploy_form, static_int8_bytes
-from aether_runtime import ort_session
+from aether_runtime import calibration_batches, ort_session
 from conftest import write_image_folder
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -166,6 +174,30 @@ def test_an_unmeasurable_held_out_image_is_an_error_for_quality_but_calibrates(t
         with pytest.raises(InputError, match=error):
             held_out_pairs(str(folder), 4, protocol)
     assert len(folder_lrs(str(folder), 4)) == 2  # INT8 calibration takes it
+    write_image(folder / "speck.png", np.zeros((3, 3, 3), np.float32))  # but not one without an LR pixel
+    with pytest.raises(InputError, match=r"--calibration-dir '\S+': speck\.png is 3x3, smaller than one x4 LR pixel"):
+        folder_lrs(str(folder), 4)
+
+
+def test_quality_refuses_a_qat_checkpoint_of_another_int8_profile(tmp_path):
+    # its ranges are not the cpu INT8 graph's: a one-line error, not a traceback (the neighbour,
+    # a cpu-profile QAT checkpoint, is measured in test_train_peer_resumes_and_quality_reports_both_protocols)
+    calibration = write_image_folder(tmp_path / "calibration", [(32, 32)], seed=9)
+    model = prepare_qat(aether_tiny(scale=2, num_blocks=1), int8_profile="tensorrt")
+    calibrate_int8(model, [torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))])
+    save_checkpoint(model, tmp_path / "qat.pth")
+    with pytest.raises(InputError, match="not a QAT checkpoint for the cpu INT8 profile"):
+        aether_bench_zoo.exported("a", str(tmp_path / "qat.pth"), 2, str(calibration))
+
+
+def test_the_benchmarks_ptq_is_calibrated_as_the_release_calibrates(tmp_path):
+    folder = write_image_folder(tmp_path / "calibration", [(40, 48), (36, 30), (14, 40)], seed=8)
+    write_image(folder / "flat.png", np.full((24, 32, 3), 0.5, np.float32))  # both leave it out
+    paths = sorted(folder.iterdir())
+    release = calibration_batches(image.lr for image in aether_release.load_images(paths, "x", 4, None, []))
+    bench = release_calibration(str(folder), 4)
+    assert len(bench) == len(release) and all(torch.equal(a, b) for a, b in zip(bench, release, strict=True))
+    assert sum(b.shape[0] for b in bench) == 2 * len(PROTOCOLS)  # the 14-px image is too small for the release, too
 
 
 def test_quality_folders_that_cannot_be_read_are_one_line_errors(tmp_path):
@@ -637,21 +669,25 @@ def test_train_peer_resumes_and_quality_reports_both_protocols(tmp_path, monkeyp
     )
 
 
-def test_render_only_takes_a_rerun_quality_section_and_says_so(tmp_path):
+@pytest.mark.parametrize("option, section", [("--quality-from", "quality"), ("--qat-from", "QAT")])
+def test_render_only_takes_a_rerun_section_and_says_so(tmp_path, option, section):
     full, rerun = tmp_path / "full", tmp_path / "rerun"
     for folder, psnr in ((full, 31.5), (rerun, 31.7)):
         folder.mkdir()
         results = _results(tiny_int8_ms=40.0, tiny_psnr_int8=psnr)
+        results.qat = _qat(psnr + 0.01)
         results.meta["command"] += f" ({folder.name})"
         aether_bench_report.save_results(results, folder)
-    argv = ["compare", "--out", str(full), "--render-only", "--quality-from", str(rerun)]
+    argv = ["compare", "--out", str(full), "--render-only", option, str(rerun)]
     assert aether_bench.main(argv) == 0
     merged = aether_bench_report.load_results(full)
-    assert merged.quality.rows[0].psnr_int8 == 31.7 and merged.meta["command"].endswith("(full)")
+    assert merged.meta["command"].endswith("(full)")
+    # the section named comes from the rerun, the other stays the full run's
+    assert (merged.quality.rows[0].psnr_int8 == 31.7) == (section == "quality")
+    assert (merged.qat.psnr["QAT-INT8"][0] == 31.71) == (section == "QAT")
     report = (full / aether_bench_report.REPORT_NAME).read_text()
     assert "compare --out X (full)` (do not edit" in report
-    assert "Amended: quality section from `python3 aether_bench.py compare --out X (rerun)`" in report
-    assert "31.700" in report and "31.500" not in report
+    assert f"Amended: {section} section from `python3 aether_bench.py compare --out X (rerun)`" in report
 
 
 @pytest.mark.parametrize(
@@ -663,6 +699,11 @@ def test_render_only_takes_a_rerun_quality_section_and_says_so(tmp_path):
         (["--peers", "ESRGAN-XL"], "invalid choice"),
         (["--zoo-quality", "no/such.json"], "--zoo-quality no/such.json: not an aether_bench.py quality"),
         (["--quality-from", "x"], "--quality-from only goes with --render-only"),
+        (["--qat-from", "x"], "--qat-from only goes with --render-only"),
+        (
+            ["--float-checkpoint", "models/aether_tiny_x2_float.pth", "--qat-checkpoint", "models/aether_tiny_x4.pth"],
+            "--float-checkpoint is a x2 model, --qat-checkpoint a x4 one",
+        ),
     ],
 )
 def test_compare_rejects_bad_input_with_one_line_and_exit_2(tmp_path, capsys, extra, message):

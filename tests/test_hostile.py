@@ -30,6 +30,7 @@ import aether_release
 import aether_train
 import aether_upscale
 from aether_arch import AetherCheckpointError, AetherNet, load_model, save_checkpoint
+from aether_cli import removed_if_left_empty
 from aether_data import read_raw_image, write_image, write_raw_image
 from conftest import SMALL_CONFIG, as_pixels, photo_like, train_steps, write_image_folder
 
@@ -392,7 +393,21 @@ def test_a_signalled_release_prints_one_line_and_leaves_no_staging_folder(work, 
     result, seconds = _interrupt(argv, lambda: bool(list(out.glob(STAGING + "*"))), sig)
     assert result.returncode == code and seconds < 30
     assert one_error_line(result.stderr, "aether_release.py") == f"aether_release.py: {word}"
-    assert not leftovers(out) and not list(out.glob("model_*"))
+    assert not out.exists()  # the folder it made, empty, goes too
+
+
+def test_a_failed_run_removes_only_the_empty_folders_it_made(tmp_path):
+    kept = tmp_path / "existed"
+    kept.mkdir()
+    cases = {tmp_path / "a" / "b": (False, False), kept: (False, True), tmp_path / "c": (True, True)}
+    for folder, (leave_a_file, stays) in cases.items():
+        with pytest.raises(KeyboardInterrupt), removed_if_left_empty(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            if leave_a_file:
+                (folder / "model_fp32.onnx").write_bytes(b"")
+            raise KeyboardInterrupt
+        assert folder.exists() == stays
+    assert not (tmp_path / "a").exists()  # the missing parent it made goes too
 
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])

@@ -785,3 +785,20 @@ def test_command_line_reports_bad_input_without_traceback(tmp_path, val_dir):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def _artifact(name, quality_by_protocol, bicubic=31.0):
+    records = [{"quality_db": q, "bicubic_db": bicubic, "protocol": p} for p, q in quality_by_protocol.items()]
+    records.append({"quality_db": None, "bicubic_db": 99.0, "protocol": "sharp"})  # unmeasured: out of both means
+    return aether_release.ArtifactResult(name, "x", "x", [], [aether_release.RunResult("cpu", per_image=records)])
+
+
+def test_an_int8_artifact_worse_than_bicubic_where_fp32_is_better_is_a_warning():
+    fp32 = _artifact("model_fp32.onnx", {"aa-bicubic": 32.0, "sharp": 31.5})
+    int8 = _artifact("model_int8.onnx", {"aa-bicubic": 30.0, "sharp": 31.2})  # the shortcut clipped: e076efa
+    (message,) = aether_release.worse_than_bicubic([fp32, _artifact("model_fp16.onnx", {"aa-bicubic": 32.0}), int8])
+    assert message.startswith("model_int8.onnx (30.00 dB) is worse than bicubic (31.00 dB)")
+    assert "with aa-bicubic LR, where FP32 is better (32.00 dB)" in message and "--calibration-dir" in message
+    # where FP32 itself is worse, that is the one warning for the protocol
+    messages = aether_release.worse_than_bicubic([_artifact("model_fp32.onnx", {"aa-bicubic": 30.5}), int8])
+    assert len(messages) == 1 and messages[0].startswith("the FP32 model (30.50 dB)")
