@@ -1100,22 +1100,28 @@ def worse_than_bicubic(results: Sequence[ArtifactResult]) -> list[str]:
     other artifact (its first runtime) that is worse than bicubic where FP32 is not: the precision
     it runs at loses what the model gains."""
     runs = {artifact.name: artifact.runs[0] for artifact in results if artifact.runs}
-    fp32 = runs.get("model_fp32.onnx")
+
+    def below_bicubic(name: str, protocol: str) -> tuple[float, float] | None:
+        run = runs.get(name)
+        quality, bicubic = (run.mean_quality(protocol), run.mean_bicubic(protocol)) if run else (None, None)
+        # at x1 bicubic is the image itself (infinite PSNR): there is nothing to be worse than
+        if quality is None or bicubic is None or not math.isfinite(bicubic) or quality >= bicubic:
+            return None
+        return quality, bicubic
+
     messages = []
     for protocol, hint in WORSE_THAN_BICUBIC_HINTS.items():
-        quality, bicubic = (fp32.mean_quality(protocol), fp32.mean_bicubic(protocol)) if fp32 else (None, None)
-        if quality is not None and bicubic is not None and quality < bicubic:
+        if fp32 := below_bicubic("model_fp32.onnx", protocol):
             messages.append(
-                f"the FP32 model ({quality:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on "
+                f"the FP32 model ({fp32[0]:.2f} dB) is worse than bicubic ({fp32[1]:.2f} dB) on "
                 f"the validation images with {protocol} LR: {hint}"
             )
             continue
-        for name, run in runs.items():
-            lower, bicubic = run.mean_quality(protocol), run.mean_bicubic(protocol)
-            if name != "model_fp32.onnx" and lower is not None and bicubic is not None and lower < bicubic:
+        for name in [name for name in runs if name != "model_fp32.onnx"]:
+            if lossy := below_bicubic(name, protocol):
                 messages.append(
-                    f"{name} ({lower:.2f} dB) is worse than bicubic ({bicubic:.2f} dB) on the validation images "
-                    f"with {protocol} LR, where FP32 is better ({format_db(quality)} dB): "
+                    f"{name} ({lossy[0]:.2f} dB) is worse than bicubic ({lossy[1]:.2f} dB) on the validation images "
+                    f"with {protocol} LR, where FP32 is not: "
                     + (LOSSY_INT8_HINT if "int8" in name else "use model_fp32")
                 )
     return messages

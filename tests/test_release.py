@@ -8,6 +8,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import statistics
@@ -798,7 +799,9 @@ def test_an_int8_artifact_worse_than_bicubic_where_fp32_is_better_is_a_warning()
     int8 = _artifact("model_int8.onnx", {"aa-bicubic": 30.0, "sharp": 31.2})  # the shortcut clipped: e076efa
     (message,) = aether_release.worse_than_bicubic([fp32, _artifact("model_fp16.onnx", {"aa-bicubic": 32.0}), int8])
     assert message.startswith("model_int8.onnx (30.00 dB) is worse than bicubic (31.00 dB)")
-    assert "with aa-bicubic LR, where FP32 is better (32.00 dB)" in message and "--calibration-dir" in message
+    assert "with aa-bicubic LR, where FP32 is not" in message and "--calibration-dir" in message
     # where FP32 itself is worse, that is the one warning for the protocol
     messages = aether_release.worse_than_bicubic([_artifact("model_fp32.onnx", {"aa-bicubic": 30.5}), int8])
     assert len(messages) == 1 and messages[0].startswith("the FP32 model (30.50 dB)")
+    # at x1 bicubic is exact (infinite PSNR): no model is "worse than bicubic" there
+    assert not aether_release.worse_than_bicubic([_artifact("model_fp32.onnx", {"aa-bicubic": 50.0}, math.inf)])
