@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import os
 import stat
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 
@@ -22,12 +24,13 @@ from aether_arch import atomic_write
 from aether_cli import InputError
 from aether_degrade import PROTOCOLS, downscale, protocol_lr
 
-# Decoded images are bounded before they are decoded: OpenCV refuses an image that declares
-# more pixels than this (its default, 2**30, lets a small PNG claim 6 GB of 16-bit RGB). OpenCV
-# reads the setting at its first decode, so setting it here, at import, is in time; a user's
-# own setting wins.
-MAX_IMAGE_PIXELS = 1 << 27  # 134 Mpx: 16384 x 8192
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+# Decoded images are bounded before they are decoded: the file's header (read by Pillow, which
+# reads headers alone) may declare at most this many pixels. OpenCV's own limit cannot do it: it
+# is read once, when cv2 is imported, and its default (2**30) lets a 1 KB PNG claim 6 GB of
+# 16-bit RGB. A user raises both at once by setting that variable before starting a script.
+_PIXEL_LIMIT_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
+_limit = os.environ.get(_PIXEL_LIMIT_VARIABLE, "")
+MAX_IMAGE_PIXELS = int(_limit) if _limit.isdigit() else 1 << 27  # 134 Mpx: 16384 x 8192
 MAX_IMAGE_BYTES = 1 << 30
 # The release skips validation and calibration images whose low-resolution version (after
 # mod-crop and downscaling) has a side shorter than this: PSNR ignores a border of `scale` pixels.
@@ -62,6 +65,26 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def check_declared_size(path: str) -> None:
+    """ImageReadError when the image file's header (read without decoding) declares more than
+    MAX_IMAGE_PIXELS pixels, or when it is not an image format Pillow knows (every IMAGE_SUFFIXES one)."""
+    try:
+        with warnings.catch_warnings():  # over Pillow's own limit (89 Mpx) it warns; ours is checked below
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as image:
+                width, height = image.size
+    except PIL.Image.DecompressionBombError:  # over twice Pillow's limit, so over ours
+        width, height = MAX_IMAGE_PIXELS + 1, 1
+    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+        raise ImageReadError(f"cannot decode image {path!r} (corrupt or not an image)") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            f"{path!r} declares more than {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx"
+            + (f" ({width}x{height})" if height > 1 else "")
+            + f", the most that is read (a decompression bomb? {_PIXEL_LIMIT_VARIABLE} raises it)"
+        )
+
+
 def read_raw_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as stored: uint8 or uint16, (H, W) greyscale or (H, W, 3) BGR or
     (H, W, 4) BGRA (OpenCV's channel order), without any conversion except a JPEG's EXIF
@@ -79,6 +102,7 @@ def read_raw_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(
             f"{path!r} is {info.st_size / 2**30:.1f} GiB; images up to {MAX_IMAGE_BYTES >> 30} GiB are read"
         )
+    check_declared_size(path)
     data = np.fromfile(path, dtype=np.uint8)  # also works for non-ASCII paths
     # IMREAD_UNCHANGED keeps alpha but ignores EXIF orientation; JPEG has no alpha, and the
     # flags that keep its depth and grey apply the orientation.
@@ -86,7 +110,7 @@ def read_raw_image(path: str | os.PathLike) -> np.ndarray:
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if oriented else cv2.IMREAD_UNCHANGED
     try:
         image = cv2.imdecode(data, flags) if data.size else None
-    except cv2.error as exc:  # e.g. more pixels than OPENCV_IO_MAX_IMAGE_PIXELS
+    except cv2.error as exc:  # e.g. a header OpenCV reads differently
         detail = next((line for line in str(exc).splitlines() if "error:" in line), str(exc)).split("error:")[-1]
         raise ImageReadError(f"cannot decode image {path!r}: {' '.join(detail.split())[:160]}") from None
     if image is None:

@@ -12,9 +12,10 @@ on a small probe input before any image is read.
 --output as ``<stem>.png``: PNG keeps everything an input can have (16 bits, alpha, grey).
 
 Pixels: 8-bit in gives 8-bit out and 16-bit in gives 16-bit out (tiles are converted to float
-one at a time, never rounded to 8 bits); greyscale is fed to the model as three equal channels
-and written back as one (their mean); alpha is upscaled separately with bicubic interpolation
-(see upscale_alpha for why not with the model).
+one at a time, never rounded to 8 bits; an INT8 model's own output has 8-bit levels, which a note
+says); greyscale, also when stored as equal RGB(A) channels, is fed to the model as three equal
+channels and written back as grey (their mean); alpha is upscaled separately with bicubic
+interpolation (see upscale_alpha for why not with the model).
 
 Tiling: the low-resolution image is cut into a grid of nearly equal tiles of at most --tile
 pixels a side; each is run with at least --overlap pixels of real context on every side that
@@ -34,6 +35,7 @@ written), or no image could be written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import re
 import sys
@@ -61,6 +63,8 @@ from aether_cli import (
     InputError,
     OneLineErrorParser,
     describe_exception,
+    note,
+    one_line,
     prepare_output_dir,
     run_cli,
     thread_count,
@@ -104,6 +108,7 @@ class Runner:
     label: str  # the runtime, e.g. "ONNX Runtime CPU"
     scale: int
     upscale: Upscaler  # the one aether_release validates the file with
+    eight_bit: bool = False  # its output holds 8-bit levels only (an INT8 graph's uint8 output)
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         return self.upscale(lr)
@@ -133,7 +138,17 @@ def open_runner(model_path: str, *, device: str = "auto", threads: int = 0) -> R
             f"expected .onnx or a PyTorch checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
         )
     runner.scale = _probe_scale(runner, model_path)
+    runner.eight_bit = _outputs_8bit_levels(runner)
     return runner
+
+
+def _outputs_8bit_levels(runner: Runner) -> bool:
+    """Whether a smooth ramp, off the 8-bit grid, comes out on it: the model's last step is
+    8-bit (INT8 files and QAT checkpoints), so a 16-bit image loses its extra bits there."""
+    ramp = np.linspace(0.1003, 0.8997, PROBE_HEIGHT * PROBE_WIDTH, dtype=np.float32)
+    levels = runner(np.repeat(ramp.reshape(1, 1, PROBE_HEIGHT, PROBE_WIDTH), 3, axis=1))
+    levels = np.asarray(levels, np.float64) * 255
+    return bool(np.abs(levels - np.round(levels)).max() < 1e-3)
 
 
 def _checkpoint_error(path: Path, exc: AetherCheckpointError) -> InputError:
@@ -332,32 +347,62 @@ def upscale_image(
 
 
 def is_grey(image: np.ndarray) -> bool:
-    """Greyscale, or grey + alpha: OpenCV decodes a grey + alpha PNG as BGRA with B = G = R
-    (and cannot write two channels), so such an image stays grey, written as equal channels."""
+    """Greyscale, also when stored as equal colour channels: OpenCV decodes a grey + alpha PNG
+    as BGRA with B = G = R (and cannot write two channels), and grey photos are often saved as
+    RGB; such an image stays grey, written as equal channels (the model would add colour fringes)."""
     if image.ndim == 2:
         return True
     b, g, r = image[..., 0], image[..., 1], image[..., 2]
-    return image.shape[2] == 4 and np.array_equal(b, g) and np.array_equal(g, r)
+    return np.array_equal(b, g) and np.array_equal(g, r)
 
 
 def describe_pixels(image: np.ndarray) -> str:
-    """'16-bit greyscale', '8-bit RGBA', ..."""
+    """'16-bit greyscale', '8-bit RGBA', '8-bit greyscale as RGB', ..."""
     layout = "greyscale" if image.ndim == 2 else ("RGBA" if image.shape[2] == 4 else "RGB")
     if image.ndim == 3 and is_grey(image):
-        layout = "greyscale + alpha"
+        layout = "greyscale + alpha" if image.shape[2] == 4 else "greyscale as RGB"
     return f"{image.dtype.itemsize * 8}-bit {layout}"
 
 
-def upscale_file(source: Path, target: Path, runner: Runner, *, tile: int, overlap: int) -> str:
-    """Read, upscale and write one image (atomically); what was done, for the log."""
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux's MemAvailable); None elsewhere."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            return int(next(line for line in meminfo if line.startswith("MemAvailable:")).split()[1]) * 1024
+    return None
+
+
+def format_bytes(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def check_output_fits(image: np.ndarray, scale: int) -> None:
+    """ImageReadError when the whole output array (allocated at once; tiling bounds the rest)
+    would not fit in the memory available: a small file can declare a large image, and Linux
+    would grant the array, then kill the process while it is filled."""
+    needed = image.nbytes * scale * scale
+    available = available_memory()
+    if available is not None and needed > available:
+        height, width = image.shape[:2]
+        raise ImageReadError(
+            f"its {width * scale}x{height * scale} output needs {format_bytes(needed)}, more than the "
+            f"{format_bytes(available)} of memory available; split or shrink the image first"
+        )
+
+
+def upscale_file(source: Path, target: Path, runner: Runner, *, tile: int, overlap: int) -> tuple[str, int]:
+    """Read, upscale and write one image (atomically); what was done, for the log, and the
+    image's bits per channel."""
     image = read_raw_image(source)
+    check_output_fits(image, runner.scale)
     started = time.perf_counter()
     output = upscale_image(image, runner, tile=tile, overlap=overlap, progress=True)
     target.parent.mkdir(parents=True, exist_ok=True)  # created with the first output only
     write_raw_image(target, output)
     return (
         f"{source.name}: {image.shape[1]}x{image.shape[0]} -> {output.shape[1]}x{output.shape[0]} "
-        f"{describe_pixels(image)}, {time.perf_counter() - started:.2f} s -> {target}"
+        f"{describe_pixels(image)}, {time.perf_counter() - started:.2f} s -> {target}",
+        image.dtype.itemsize * 8,
     )
 
 
@@ -469,18 +514,21 @@ def upscale_all(args: argparse.Namespace) -> int:
     jobs = plan(args.input, output_dir)
     runner = open_runner(args.model, device=args.device, threads=args.threads)
     print(
-        f"{args.model}: x{runner.scale} in {runner.label}; {len(jobs)} image(s), "
-        f"tile {args.tile or 'off'}, overlap {args.overlap}"
+        one_line(
+            f"{args.model}: x{runner.scale} in {runner.label}; {len(jobs)} image(s), "
+            f"tile {args.tile or 'off'}, overlap {args.overlap}"
+        )
     )
     warnings_seen: list[str] = []
-    written = 0
+    written, said_8bit = 0, False
     for source, target in tqdm(jobs, desc="images", unit="img", disable=None):
         try:
-            summary = upscale_file(source, target, runner, tile=args.tile, overlap=args.overlap)
+            summary, depth = upscale_file(source, target, runner, tile=args.tile, overlap=args.overlap)
         except Exception as exc:  # one bad image must not stop the others; each is named
             expected = isinstance(exc, (ImageReadError, OSError))  # the message says it all
             reason = error_summary(exc) if expected else describe_exception(exc)
-            if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
+            # a runtime's allocation failure; never read into an expected error, whose message names the file
+            if isinstance(exc, MemoryError) or (not expected and "alloc" in str(exc).lower()):
                 reason = (
                     f"not enough memory for {'the whole image at once' if not args.tile else f'--tile {args.tile}'}"
                 )
@@ -488,11 +536,17 @@ def upscale_all(args: argparse.Namespace) -> int:
             warn(f"skipped {source.name}: {reason}", warnings_seen)
             continue
         written += 1
-        tqdm.write(summary)
+        tqdm.write(one_line(summary))
+        if runner.eight_bit and depth == 16 and not said_8bit:
+            said_8bit = True
+            note(
+                f"{args.model} works in 8-bit levels (INT8): its 16-bit outputs hold 256 levels; "
+                "model_fp32 keeps 16 bits"
+            )
     elapsed = time.perf_counter() - started
     if not written:
         raise InputError(f"no image written: all {len(jobs)} input image(s) failed (see the warnings above)")
-    print(f"{written} of {len(jobs)} image(s) written to {output_dir} in {elapsed:.1f} s")
+    print(one_line(f"{written} of {len(jobs)} image(s) written to {output_dir} in {elapsed:.1f} s"))
     return 1 if warnings_seen else 0
 
 

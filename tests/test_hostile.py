@@ -31,7 +31,7 @@ import aether_train
 import aether_upscale
 from aether_arch import AetherCheckpointError, AetherNet, load_model, save_checkpoint
 from aether_cli import removed_if_left_empty
-from aether_data import read_raw_image, write_image, write_raw_image
+from aether_data import ImageReadError, read_raw_image, write_image, write_raw_image
 from conftest import SMALL_CONFIG, as_pixels, photo_like, train_steps, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -509,12 +509,13 @@ def test_exif_orientation_is_applied(tmp_path, orientation, turn, grey):
     assert min(errors, key=errors.get) == turn and errors[turn] < 10, errors  # the right turn, JPEG loss only
 
 
-def _png(width: int, height: int, colour_type: int, depth: int, rows: bytes) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
+
+def _png(width: int, height: int, colour_type: int, depth: int, rows: bytes) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("depth", [8, 16])
@@ -575,18 +576,35 @@ def test_decompression_bombs_are_skipped_with_one_warning(work, tmp_path):
     assert "bomb.png" in (tmp_path / "t" / "train.log").read_text()
 
 
+@pytest.mark.parametrize("side", [1000, 12000])  # 1 Mpx, then 144 Mpx: over MAX_IMAGE_PIXELS
+def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(tmp_path, side):
+    # a valid 8-bit grey PNG of zeros: 140 KB on disk at 12000 x 12000, 144 MB decoded, which
+    # OpenCV (its own limit is 2**30 pixels) would decode
+    deflate = zlib.compressobj(9)
+    rows = b"".join(deflate.compress(bytes(side + 1)) for _ in range(side)) + deflate.flush()
+    (tmp_path / "zeros.png").write_bytes(
+        _png(side, side, 0, 8, b"")[:33] + _chunk(b"IDAT", rows) + _chunk(b"IEND", b"")
+    )
+    if side == 1000:
+        assert read_raw_image(tmp_path / "zeros.png").shape == (1000, 1000)
+    else:
+        with pytest.raises(ImageReadError, match=r"declares more than 134 Mpx \(12000x12000\), the most that is read"):
+            read_raw_image(tmp_path / "zeros.png")
+
+
 @pytest.mark.parametrize("name", ["new\nline.png", "tab\tand\x1b[31mcolour.png", "bell\x07.png"])
 def test_file_names_with_control_characters_give_one_line_warnings(work, tmp_path, name):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / name).write_bytes(b"not an image")
-    write_image(tmp_path / "in" / "good.png", photo_like(16, 16))
-    code, _, err = run_main(
+    write_image(tmp_path / "in" / f"good {name}", photo_like(16, 16))
+    code, out, err = run_main(
         aether_upscale.main, ["--model", work / "good.pth", "--input", tmp_path / "in", "--output", tmp_path / "o"]
     )
     assert code == 1
     warnings = [line for line in err.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1 and len(err.strip().splitlines()) == 1, err
-    assert "\x1b" not in err and "\x07" not in err
+    assert len(out.strip().splitlines()) == 3, out  # the model, the good image, the count
+    assert not any(c in err + out for c in "\x1b\x07\t")
 
 
 # ---------------------------------------------------------------------------------------
