@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,9 +23,15 @@ Upstream-Name: test-wallpapers
 
 Files: *
 Copyright: 2020 Someone
+ 2021 Someone Else
 License: CC-BY-SA-3.0
 
+Files: extra/*
+Copyright: 2022 Extra
+License: GPL-3+
+
 Files: photos/lake_by_Ann.jpg
+ photos/sea_by_Bo.jpg
 Copyright: 2021 Ann
 License: CC0-1.0
 
@@ -60,9 +67,23 @@ def _tar(files):
     with tarfile.open(fileobj=buffer, mode="w:xz") as archive:
         for name, data in files.items():
             info = tarfile.TarInfo(f"./{name}")
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
+            if isinstance(data, tuple):  # a link: (tarfile.SYMTYPE or LNKTYPE, target)
+                info.type, info.linkname = data
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def _deb(path, files):
+    path.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.xz", _tar({})), ("data.tar.xz", _tar(files))]))
+
+
+def _wheel(path, files):
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +101,19 @@ def packages(tmp_path_factory):
         "usr/share/backgrounds/panorama.png": _encode(_image(5, 1000, 4100), ".png"),  # reduced x3
         "usr/share/backgrounds/broken.png": b"not a png",
         "usr/share/backgrounds/readme.txt": b"not an image",
+        "usr/share/backgrounds/link.png": (tarfile.SYMTYPE, "hills.png"),
+        "usr/share/backgrounds/hard.png": (tarfile.LNKTYPE, "./usr/share/backgrounds/hills.png"),
         "usr/share/doc/test-wallpapers/copyright": COPYRIGHT.encode(),
     }
-    (folder / "test-wallpapers_1.0-1_all.deb").write_bytes(
-        _ar([("debian-binary", b"2.0\n"), ("control.tar.xz", _tar({})), ("data.tar.xz", _tar(deb_files))])
+    _deb(folder / "test-wallpapers_1.0-1_all.deb", deb_files)
+    _wheel(
+        folder / "test_images-2.0-py3-none-any.whl",
+        {
+            "test_images/data/licensed.png": _encode(_image(3, 320, 320), ".png"),
+            "test_images/data/unlicensed.png": _encode(_image(4, 320, 320), ".png"),
+            "test_images/__init__.py": b"",
+        },
     )
-    with zipfile.ZipFile(folder / "test_images-2.0-py3-none-any.whl", "w") as wheel:
-        wheel.writestr("test_images/data/licensed.png", _encode(_image(3, 320, 320), ".png"))
-        wheel.writestr("test_images/data/unlicensed.png", _encode(_image(4, 320, 320), ".png"))
-        wheel.writestr("test_images/__init__.py", "")
     return folder, deb_files
 
 
@@ -123,6 +148,7 @@ def test_the_manifest_records_every_image_with_its_source_and_licence(packages, 
     (hills_name,) = [name for name in kept if name.startswith("test-wallpapers__hills")]
     hills = kept[hills_name]
     assert (hills["licence"], hills["version"], hills["width"], hills["height"]) == ("CC-BY-SA-3.0", "1.0-1", 600, 500)
+    assert hills["copyright"] == "2020 Someone; 2021 Someone Else"  # with its continuation line
     assert kept["test-images__licensed.png"]["licence"] == "CC0"
     # over 2K on the long side: reduced by a whole factor as block means, written as PNG
     panorama = kept["test-wallpapers__panorama.png"]
@@ -144,6 +170,82 @@ def test_the_manifest_records_every_image_with_its_source_and_licence(packages, 
     assert reasons["usr/share/backgrounds/tiny.png"] == "smaller than 300 pixels"
     assert reasons["usr/share/backgrounds/broken.png"] == "cannot decode image 'broken.png' (corrupt or not an image)"
     assert "no licence" in reasons["test_images/data/unlicensed.png"]
+    assert (
+        reasons["usr/share/backgrounds/link.png"] == reasons["usr/share/backgrounds/hard.png"] == "a link, not a file"
+    )
+
+
+@pytest.mark.parametrize(
+    "member, expected",
+    [
+        ("usr/share/backgrounds/hills.png", ("CC-BY-SA-3.0", "2020 Someone; 2021 Someone Else")),  # not extra/*'s
+        ("usr/share/backgrounds/sea_by_Bo.jpg", ("CC0-1.0", "2021 Ann")),  # named on a continuation line
+        ("usr/share/backgrounds/extra/dune.png", ("GPL-3+", "2022 Extra")),  # a folder's pattern, in that folder
+    ],
+)
+def test_the_last_dep5_stanza_whose_files_match_gives_the_licence(member, expected):
+    assert aether_datasets.dep5_licence(COPYRIGHT, member) == expected
+
+
+def test_gnome_backgrounds_images_its_copyright_file_does_not_name_have_the_package_licence(tmp_path):
+    """Its copyright file is not machine-readable: it names adwaita* (CC-BY-SA-3.0) and older
+    images, and the package as a whole is GPL-2+."""
+    copyright_text = """Image Authors:
+
+ - adwaita*
+ - Chmiri.jpg:
+   Copyright © 2011 Jakub Steiner <jimmac@gmail.com>
+   Licensed under Creative Commons Attribution-ShareAlike 3.0 License.
+
+Licenses:
+
+   This package is free software; you can redistribute it and/or modify
+   it under the terms of the GNU General Public License as published by
+   the Free Software Foundation; either version 2 of the License, or
+"""
+    (out := tmp_path / "out").mkdir()
+    _deb(
+        tmp_path / "gnome-backgrounds_43.1-1_all.deb",
+        {
+            "usr/share/backgrounds/gnome/adwaita-l.png": _encode(_image(8, 320, 400), ".png"),
+            "usr/share/backgrounds/gnome/grid-l.png": _encode(_image(9, 320, 400), ".png"),
+            "usr/share/doc/gnome-backgrounds/copyright": copyright_text.encode(),
+        },
+    )
+    (gnome,) = [s for s in aether_datasets.TRAINING_SOURCES if s.package == "gnome-backgrounds"]
+    manifest = build([gnome], out, tmp_path, held_out=False, command="test")
+    licences = {Path(r["path"]).name: (r["licence"], r["copyright"]) for r in manifest["files"]}
+    assert licences["adwaita-l.png"] == ("CC-BY-SA-3.0", "2011 Jakub Steiner <jimmac@gmail.com>")
+    assert licences["grid-l.png"][0].startswith("GPL-2+ (the package's general licence;")
+
+
+@pytest.mark.parametrize(
+    "kind, reader", [("deb", (tarfile.TarFile, "extractfile")), ("wheel", (zipfile.ZipFile, "open"))]
+)
+def test_only_images_within_the_size_limit_are_read(kind, reader, tmp_path, monkeypatch):
+    """A small package can inflate to gigabytes: members are chosen by name and declared size
+    before any is read."""
+    png = _encode(_image(3, 320, 320), ".png")
+    files = {"x/ok.png": png, "x/big.png": png + bytes(1000), "x/junk.bin": bytes(1000)}
+    if kind == "deb":
+        _deb(tmp_path / "pkg_1.0_all.deb", {**files, "usr/share/doc/pkg/copyright": COPYRIGHT.encode()})
+    else:
+        _wheel(tmp_path / "pkg-1.0-py3-none-any.whl", files)
+    read, original = [], getattr(*reader)
+
+    def spy(self, member, *args, **kwargs):
+        read.append(getattr(member, "name", None) or member.filename)
+        return original(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(*reader, spy)
+    monkeypatch.setattr(aether_datasets, "MAX_MEMBER_BYTES", len(png) + 500)
+    (out := tmp_path / "out").mkdir()
+    source = Source(kind, "pkg", members="x/*", licences={"x/ok.png": ("CC0", "t"), "x/big.png": ("CC0", "t")})
+    manifest = build([source], out, tmp_path, held_out=False, command="test")
+    records = {r["path"]: r for r in manifest["files"]}
+    assert records.keys() == {"x/ok.png", "x/big.png"} and records["x/ok.png"]["kept"]
+    assert "over the" in records["x/big.png"]["reason"]
+    assert not {"x/big.png", "x/junk.bin"} & {name.removeprefix("./") for name in read}
 
 
 def test_the_held_out_set_is_centre_crops(packages, tmp_path):
@@ -158,29 +260,44 @@ def test_the_held_out_set_is_centre_crops(packages, tmp_path):
     assert lake["reason"] == "smaller than 480 pixels"
 
 
-def test_pictures_with_the_same_file_name_are_both_kept_under_their_paths(tmp_path):
-    """Packages that nest <wallpaper>/contents/images/<size>.png name many pictures alike."""
+@pytest.mark.parametrize(
+    "sizes, expected",
+    [
+        # packages that nest <wallpaper>/contents/images/<size>.png name many pictures alike
+        (
+            {"Dune/contents/1920x1080.png": (320, 400), "Lake/contents/1920x1080.png": (320, 400)},
+            {
+                "Dune/contents/1920x1080.png": "nested-wallpapers__1920x1080.png",
+                "Lake/contents/1920x1080.png": (
+                    "nested-wallpapers__usr__share__backgrounds__Lake__contents__1920x1080.png"
+                ),
+            },
+        ),
+        # sea.jpg, over 2K, is written reduced as a PNG: its name is the package's sea.png's
+        (
+            {"sea.jpg": (700, 2100), "sea.png": (320, 400)},
+            {"sea.jpg": "nested-wallpapers__sea.png", "sea.png": "nested-wallpapers__usr__share__backgrounds__sea.png"},
+        ),
+    ],
+)
+def test_pictures_with_the_same_file_name_are_both_kept_under_their_paths(sizes, expected, tmp_path):
     folder, out = tmp_path / "packages", tmp_path / "out"
     folder.mkdir()
     out.mkdir()
     deb_files = {
-        f"usr/share/backgrounds/{name}/contents/1920x1080.png": _encode(_image(seed, 320, 400), ".png")
-        for seed, name in enumerate(("Dune", "Lake"), start=6)
+        f"usr/share/backgrounds/{path}": _encode(_image(seed, *size), Path(path).suffix)
+        for seed, (path, size) in enumerate(sizes.items(), start=6)
     }
     deb_files["usr/share/doc/nested-wallpapers/copyright"] = COPYRIGHT.encode()
-    (folder / "nested-wallpapers_1.0-1_all.deb").write_bytes(
-        _ar([("debian-binary", b"2.0\n"), ("control.tar.xz", _tar({})), ("data.tar.xz", _tar(deb_files))])
-    )
+    _deb(folder / "nested-wallpapers_1.0-1_all.deb", deb_files)
     manifest = build([Source("deb", "nested-wallpapers")], out, folder, held_out=False, command="test")
-    kept = {r["path"]: r["file"] for r in manifest["files"] if r["kept"]}
-    assert kept == {
-        "usr/share/backgrounds/Dune/contents/1920x1080.png": "nested-wallpapers__1920x1080.png",
-        "usr/share/backgrounds/Lake/contents/1920x1080.png": (
-            "nested-wallpapers__usr__share__backgrounds__Lake__contents__1920x1080.png"
-        ),
-    }
-    for path, name in kept.items():  # each file holds its own picture, byte for byte
-        assert (out / name).read_bytes() == deb_files[path]
+    kept = {r["path"].removeprefix("usr/share/backgrounds/"): r for r in manifest["files"] if r["kept"]}
+    assert {path: r["file"] for path, r in kept.items()} == expected
+    assert sorted(p.name for p in out.iterdir()) == sorted([*expected.values(), MANIFEST_NAME])
+    for path, record in kept.items():  # each file holds its own picture (byte for byte unless reduced)
+        data = (out / record["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+        assert record["processing"].endswith("PNG") or data == deb_files[f"usr/share/backgrounds/{path}"]
 
 
 def test_reserved_packages_are_never_fetched(packages, tmp_path):
@@ -191,12 +308,19 @@ def test_reserved_packages_are_never_fetched(packages, tmp_path):
         build([Source("deb", "mate-backgrounds")], tmp_path, packages[0], held_out=False, command="test")
 
 
-def test_command_line_errors_are_one_line(packages, tmp_path, capsys):
+def test_command_line_errors_are_one_line(packages, tmp_path, capsys, monkeypatch):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
+    (tmp_path / "two").mkdir()
+    for version in ("9.0", "10.0"):  # which is newer needs Debian's version order
+        (tmp_path / "two" / f"ukui-wallpapers_{version}-1_all.deb").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
     new = str(tmp_path / "new")
     cases = [
         (["fetch-training-data", str(tmp_path / "full")], "is not empty"),
+        (["fetch-training-data", ".", "--packages-dir", str(packages[0])], "is the current folder"),
+        (["fetch-training-data", new, "--packages-dir", str(tmp_path / "two")], "; keep one version"),
         (["fetch-training-data", new, "--packages-dir", str(packages[0])], "has no ukui-wallpapers_*.deb"),
         (["fetch-training-data", new, "--packages-dir", str(tmp_path / "nope")], "no such folder"),
         (["fetch-everything", new], "invalid choice"),
@@ -206,3 +330,33 @@ def test_command_line_errors_are_one_line(packages, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new.partial-*"))
+
+
+def test_dir_may_be_a_link_to_an_empty_folder(packages, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    monkeypatch.setitem(aether_datasets.COMMANDS, "fetch-training-data", (SOURCES[1:], False))
+    assert (
+        aether_datasets.main(["fetch-training-data", str(tmp_path / "link"), "--packages-dir", str(packages[0])]) == 0
+    )
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "empty" / MANIFEST_NAME).is_file()
+
+
+@pytest.mark.parametrize(
+    "source, name, damage",
+    [
+        (SOURCES[0], "test-wallpapers_1.0-1_all.deb", lambda data: data[: len(data) // 2]),  # an interrupted download
+        (SOURCES[1], "test_images-2.0-py3-none-any.whl", lambda data: data[: len(data) // 2]),
+        (SOURCES[0], "test-wallpapers_1.0-1_all.deb", lambda data: data[:8] + b"?" * 60),  # not an ar header
+    ],
+)
+def test_a_damaged_package_is_a_one_line_error(packages, source, name, damage, tmp_path, monkeypatch, capsys):
+    (tmp_path / name).write_bytes(damage((packages[0] / name).read_bytes()))
+    monkeypatch.setitem(aether_datasets.COMMANDS, "fetch-training-data", ([source], False))
+    assert aether_datasets.main(["fetch-training-data", str(tmp_path / "out"), "--packages-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot read {name}" in err and "download it again" in err, err
+
+
+def test_an_epoch_in_a_package_file_name_is_decoded():
+    assert aether_datasets.package_version(Path("plasma-workspace-wallpapers_4%3a5.27.5-2_all.deb")) == "4:5.27.5-2"
