@@ -880,7 +880,13 @@ class QuantConv2d(nn.Conv2d):
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
         weight = state_dict.get(prefix + "weight")
         scale = state_dict.get(prefix + "weight_scale")
-        if isinstance(weight, torch.Tensor) and isinstance(scale, torch.Tensor) and scale.shape == weight.shape[:1]:
+        # only a weight of this conv's shape: strict loading reports any other in one line
+        if (
+            isinstance(weight, torch.Tensor)
+            and isinstance(scale, torch.Tensor)
+            and weight.shape == self.weight.shape
+            and scale.shape == weight.shape[:1]
+        ):
             # The grid is read back from the file: its largest |w| / scale is the grid's top.
             # Files from before the cpu grid was 7-bit keep their 127 and run as they were made.
             int8_file = weight.dtype == torch.int8  # its weights are the steps themselves
@@ -1180,11 +1186,15 @@ def int8_state_dict(model: AetherNet) -> OrderedDict[str, torch.Tensor]:
     (plus its float per-channel scale): the INT8 PyTorch release format."""
     if not model.qat or not is_calibrated(model):
         raise ValueError("int8_state_dict needs a QAT model whose ranges are set (QAT-trained or calibrated)")
-    model.eval()
-    state_dict = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
-    for name, module in model.named_modules():
-        if isinstance(module, QuantConv2d):
-            state_dict[f"{name}.weight"] = module.int8_weight()
+    training = model.training
+    model.eval()  # the weight scales of the weights as they are now
+    try:
+        state_dict = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+        for name, module in model.named_modules():
+            if isinstance(module, QuantConv2d):
+                state_dict[f"{name}.weight"] = module.int8_weight()
+    finally:
+        model.train(training)  # a training run that saves a checkpoint goes on training
     return state_dict
 
 
@@ -1301,7 +1311,7 @@ def _check_limit(name: str, value: int, source: str) -> int:
 
 def detect_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Infer every AetherNet hyperparameter from a state dict's keys and shapes alone
-    (and, for QAT / INT8 files, the INT8 profile from the zero-point dtype).
+    (and, for QAT / INT8 files, the INT8 profile from whether the output quantizer is kept).
 
     ``AetherNet(**detect_config(sd))`` builds a model that loads ``sd`` with strict=True.
     Raises AetherCheckpointError if the state dict is not an AetherNet one."""
@@ -1520,7 +1530,8 @@ def parse_json_object(text: str) -> dict[str, Any]:
 
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """The plain state dict inside a trainer checkpoint: unwraps params_ema / params /
-    state_dict / model / net, strips a DataParallel 'module.' prefix, drops non-tensors."""
+    state_dict / model / net, strips a DataParallel 'module.' prefix, drops non-tensors (and
+    keys that are not names: weights_only loading accepts any key)."""
     if not isinstance(obj, Mapping):
         raise AetherCheckpointError(
             f"not an AetherNet checkpoint: found a {type(obj).__name__}, expected a state "
@@ -1530,7 +1541,7 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
         if isinstance(obj.get(key), Mapping) and obj[key]:
             obj = obj[key]
             break
-    state_dict = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    state_dict = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     if not state_dict:
@@ -1610,6 +1621,21 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
             "run that wrote it diverged; use an earlier checkpoint"
         )
     model = AetherNet(**{**config, "fused": config["fused"] or fused})
+    expected = model.state_dict()
+    # a number's kind must be the model's: load_state_dict would cast an integer or complex
+    # tensor into a float weight; an INT8 file's conv weights are int8 beside their scales
+    wrong_kind = [
+        k
+        for k, v in state_dict.items()
+        if k in expected
+        and v.is_floating_point() != expected[k].is_floating_point()
+        and not (v.dtype == torch.int8 and k.endswith(".weight") and k[: -len("weight")] + "weight_scale" in state_dict)
+    ]
+    if wrong_kind:
+        raise AetherCheckpointError(
+            f"the checkpoint stores {_describe_keys(wrong_kind)} as {state_dict[wrong_kind[0]].dtype}, where "
+            "AetherNet has floating-point numbers (damaged or crafted file?)"
+        )
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -1617,7 +1643,16 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
             "AetherNet checkpoint does not match the architecture inferred from it "
             f"({preset_name(config)}, x{config['scale']}): " + " ".join(str(exc).split())[:300]
         ) from None
-    return model.eval()
+    model.eval()
+    # an INT8 file's weights are its int8 steps times their scales: finite in the file, they
+    # can overflow once multiplied
+    overflowed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if overflowed:
+        raise AetherCheckpointError(
+            f"the checkpoint's weights overflow to infinity in {_describe_keys(overflowed)} once its INT8 scales "
+            "are applied (damaged or crafted file?)"
+        )
+    return model
 
 
 def load_model(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> AetherNet:

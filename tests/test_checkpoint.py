@@ -14,8 +14,11 @@ from aether_arch import (
     AetherCheckpointError,
     AetherNet,
     aether_tiny,
+    calibrate_int8,
     detect_config,
+    int8_state_dict,
     load_model,
+    prepare_qat,
     read_checkpoint,
     save_checkpoint,
 )
@@ -196,3 +199,30 @@ def test_mismatched_shapes_are_explained():
     state_dict["blocks.1.conv1.branches.0.conv.weight"] = torch.zeros(48, 48, 5, 5)
     with pytest.raises(AetherCheckpointError, match="does not match the architecture"):
         load_model(state_dict)
+
+
+def _int8_file(scale=2):
+    """An INT8 release state dict (int8 conv weights beside their scales) of a small calibrated model."""
+    model = prepare_qat(AetherNet(scale=scale, dim=16, num_blocks=2))
+    calibrate_int8(model, [torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))])
+    return int8_state_dict(model)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda sd: sd.update({7: torch.zeros(1)}), None),  # a key that is no name is dropped, as non-tensors are
+        (lambda sd: sd.update({"body_tail.weight": sd["body_tail.weight"].reshape(16, -1)}), "does not match"),
+        (lambda sd: sd.update({"head.weight": sd["head.weight"].to(torch.uint8)}), "as torch.uint8, where AetherNet"),
+        (lambda sd: sd.update({"head.bias": sd["head.bias"].to(torch.complex64)}), "as torch.complex64, where"),
+        (lambda sd: sd.update({"blocks.0.conv1.weight_scale": torch.full((16,), 1e37)}), "overflow to infinity"),
+    ],
+)
+def test_a_damaged_int8_file_is_refused_in_one_line(damage, message):
+    state_dict = _int8_file()
+    damage(state_dict)
+    if message is None:
+        assert load_model(state_dict).qat
+    else:
+        with pytest.raises(AetherCheckpointError, match=message):
+            load_model(state_dict)

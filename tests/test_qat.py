@@ -19,6 +19,7 @@ from aether_arch import (
     aether_tiny,
     calibrate_int8,
     detect_config,
+    int8_state_dict,
     is_calibrated,
     load_model,
     onnx_model_proto,
@@ -490,3 +491,13 @@ def test_no_deprecation_warnings_on_the_qat_and_export_path(tmp_path):
         loaded = load_model(tmp_path / "q.pth")
         onnx_model_proto(loaded)
         calibrate_int8(aether_tiny(scale=2, num_blocks=1), [torch.rand(1, 3, 8, 8)])
+
+
+def test_saving_a_training_qat_model_as_int8_keeps_it_training():
+    model = prepare_qat(AetherNet(scale=2, dim=16, num_blocks=2)).train()
+    x, target = _sr_batch()
+    model(x)  # its ranges are set from the first batch
+    int8_state_dict(model)  # as save_checkpoint(int8_weights=True) during a run
+    assert model.training  # a run that saves a checkpoint goes on learning
+    (model(x) - target).abs().mean().backward()
+    assert model.upsample.weight.grad.abs().sum() > 0  # (the body starts at zero: no gradient reaches it yet)
