@@ -1963,7 +1963,13 @@ def set_onnx_metadata(proto: Any, metadata: Mapping[str, Any]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key = key
-        entry.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        entry.value = valid_utf8(value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+
+
+def valid_utf8(text: str) -> str:
+    """``text`` as valid UTF-8: a file name that is not (Linux allows it) reaches Python as lone
+    surrogates, which protobuf and UTF-8 writers refuse; its bytes become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def save_onnx(proto: Any, path: str | os.PathLike) -> None:

@@ -108,6 +108,7 @@ from aether_arch import (
     save_checkpoint,
     save_onnx,
     set_onnx_metadata,
+    valid_utf8,
 )
 from aether_cli import (
     InputError,
@@ -836,6 +837,17 @@ def ncnn_line(ncnn: dict[str, Any]) -> str:
     )
 
 
+def valid_text(value: Any) -> Any:
+    """``value`` with every string in it made valid UTF-8 (valid_utf8): the report names files."""
+    if isinstance(value, str):
+        return valid_utf8(value)
+    if isinstance(value, dict):
+        return {valid_text(k): valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [valid_text(v) for v in value]
+    return value
+
+
 def markdown_report(report: dict[str, Any], results: list[ArtifactResult]) -> str:
     source, int8 = report["source"], report["int8"]
     int8_line = (
@@ -1353,8 +1365,8 @@ def release(args: argparse.Namespace) -> int:
     # Written last, straight into place (each atomically): they describe the folder as
     # published, failures included.
     reports = {
-        REPORT_JSON: json.dumps(report, indent=2, allow_nan=False) + "\n",
-        REPORT_MD: markdown_report(report, results),
+        REPORT_JSON: json.dumps(valid_text(report), indent=2, allow_nan=False) + "\n",
+        REPORT_MD: valid_text(markdown_report(report, results)),
     }
     for name, text in reports.items():
         with atomic_write(inputs.output_dir / name) as tmp:

@@ -566,7 +566,7 @@ def test_int8_is_right_for_channels_with_zero_weights(tmp_path, float_model, val
     path = tmp_path / "model.pth"
     save_checkpoint(_int8_edge_case(kind, float_model), path)
     out = tmp_path / "out"
-    code, _, stderr = release(path, val_dir, out, "--skip-fp16")
+    code, _, stderr = release(path, val_dir, out, "--skip-fp16", "--skip-ncnn")  # NCNN has no INT8 artifact
     assert code == 0, stderr
     session = ort.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
     x = to_tensor(photo_like(20, 28, seed=5))
@@ -805,3 +805,16 @@ def test_an_int8_artifact_worse_than_bicubic_where_fp32_is_better_is_a_warning()
     assert len(messages) == 1 and messages[0].startswith("the FP32 model (30.50 dB)")
     # at x1 bicubic is exact (infinite PSNR): no model is "worse than bicubic" there
     assert not aether_release.worse_than_bicubic([_artifact("model_fp32.onnx", {"aa-bicubic": 50.0}, math.inf)])
+
+
+def test_file_names_that_are_not_utf8_reach_the_metadata_and_reports_as_valid_text():
+    # Linux allows any bytes in a name: Python holds a Latin-1 "café.png" as a lone surrogate
+    name = os.fsdecode(b"caf\xe9.png")
+    proto = onnx.ModelProto()
+    aether_release.set_onnx_metadata(proto, {"source_checkpoint": name})
+    assert onnx.load_from_string(proto.SerializeToString()).metadata_props[0].value == "caf\\xe9.png"
+    report = aether_release.valid_text({"images": [{"image": name}], name: 1.5})
+    text = json.dumps(report, allow_nan=False)
+    assert json.loads(text.encode("utf-8")) == {"images": [{"image": "caf\\xe9.png"}], "caf\\xe9.png": 1.5}
+    with pytest.raises(UnicodeEncodeError):  # the neighbour: what writing the name itself does
+        name.encode("utf-8")
