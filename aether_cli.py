@@ -6,6 +6,7 @@ summaries are Markdown tables.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import errno
@@ -116,6 +117,26 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _redeliver_interrupts(hook: Callable[[object], None]) -> Callable[[object], None]:
+    """``sys.unraisablehook`` that sends Ctrl-C or SIGTERM again when Python swallowed it: a
+    signal's exception is raised at whatever Python code runs next, and inside a __del__ or a
+    finaliser (garbage collection, at any moment) Python can only print it and go on, so the
+    run would go on to the end as if the signal had never come. Re-sent, it lands in the code
+    that runs after."""
+
+    def redeliver(unraisable: object) -> None:
+        signum = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM}.get(type(unraisable.exc_value))
+        if signum is None:
+            hook(unraisable)
+            return
+        # from another thread, a moment later: re-sent from here, it would be raised in this hook, and lost again
+        resend = threading.Timer(0.01, _thread.interrupt_main, args=(signum,))
+        resend.daemon = True
+        resend.start()
+
+    return redeliver
+
+
 def run_cli(prog: str, parse: Callable[[Sequence[str]], object], run: Callable[..., int], argv: Sequence[str]) -> int:
     """``run(parse(argv))`` with the convention of every script: its exit code; 0 after --help;
     2 and one line ``PROG: error: ...`` for an InputError; 130 and ``PROG: interrupted`` for
@@ -126,6 +147,8 @@ def run_cli(prog: str, parse: Callable[[Sequence[str]], object], run: Callable[.
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     else:  # only the main thread may set handlers (tests call main() from worker threads)
         previous = None
+    unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = _redeliver_interrupts(unraisable_hook)
     try:
         try:
             args = parse(argv)
@@ -154,6 +177,7 @@ def run_cli(prog: str, parse: Callable[[Sequence[str]], object], run: Callable[.
             return 1
         raise
     finally:
+        sys.unraisablehook = unraisable_hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

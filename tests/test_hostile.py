@@ -30,7 +30,7 @@ import aether_release
 import aether_train
 import aether_upscale
 from aether_arch import AetherCheckpointError, AetherNet, load_model, save_checkpoint
-from aether_cli import removed_if_left_empty
+from aether_cli import Terminated, removed_if_left_empty, run_cli
 from aether_data import ImageReadError, read_raw_image, write_image, write_raw_image
 from conftest import SMALL_CONFIG, as_pixels, photo_like, train_steps, write_image_folder
 
@@ -397,6 +397,24 @@ def test_a_signalled_release_prints_one_line_and_leaves_no_staging_folder(work, 
     assert result.returncode == code and seconds < 30
     assert one_error_line(result.stderr, "aether_release.py") == f"aether_release.py: {word}"
     assert not out.exists()  # the folder it made, empty, goes too
+
+
+@pytest.mark.parametrize(
+    "signal_exception, code, word", [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated")]
+)
+def test_a_signal_python_swallowed_in_a_finaliser_still_stops_the_run(capsys, signal_exception, code, word):
+    class Collected:
+        def __del__(self):
+            raise signal_exception  # as a Ctrl-C or SIGTERM landing while garbage collection runs this
+
+    def run(_):
+        Collected()  # collected at once: its __del__ runs here, and Python can only print what it raises
+        for _ in range(200):  # the run going on, for 2 s if nothing stops it
+            time.sleep(0.01)
+        return 0
+
+    assert run_cli("x.py", lambda argv: None, run, []) == code
+    assert capsys.readouterr().err == f"x.py: {word}\n"
 
 
 def test_a_failed_run_removes_only_the_empty_folders_it_made(tmp_path):
