@@ -402,7 +402,13 @@ def test_a_signalled_release_prints_one_line_and_leaves_no_staging_folder(work, 
 @pytest.mark.parametrize(
     "signal_exception, code, word", [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated")]
 )
-def test_a_signal_python_swallowed_in_a_finaliser_still_stops_the_run(capsys, signal_exception, code, word):
+def test_a_signal_python_swallowed_in_a_finaliser_still_stops_the_run(
+    capsys, monkeypatch, signal_exception, code, word
+):
+    # Ctrl-C as from a terminal: a background job (CI started with `cmd &`) has SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after, whatever happens
+
     class Collected:
         def __del__(self):
             raise signal_exception  # as a Ctrl-C or SIGTERM landing while garbage collection runs this
@@ -413,7 +419,10 @@ def test_a_signal_python_swallowed_in_a_finaliser_still_stops_the_run(capsys, si
             time.sleep(0.01)
         return 0
 
-    assert run_cli("x.py", lambda argv: None, run, []) == code
+    try:
+        assert run_cli("x.py", lambda argv: None, run, []) == code
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err == f"x.py: {word}\n"
 
 
