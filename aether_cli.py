@@ -133,7 +133,9 @@ def _redeliver_interrupts(hook: Callable[[object], None]) -> Callable[[object], 
         resend = threading.Timer(0.01, _thread.interrupt_main, args=(signum,))
         resend.daemon = True
         resend.start()
+        redeliver.pending.append(resend)
 
+    redeliver.pending = []  # cancelled when the run has ended anyway
     return redeliver
 
 
@@ -148,7 +150,7 @@ def run_cli(prog: str, parse: Callable[[Sequence[str]], object], run: Callable[.
     else:  # only the main thread may set handlers (tests call main() from worker threads)
         previous = None
     unraisable_hook = sys.unraisablehook
-    sys.unraisablehook = _redeliver_interrupts(unraisable_hook)
+    sys.unraisablehook = redeliver = _redeliver_interrupts(unraisable_hook)
     try:
         try:
             args = parse(argv)
@@ -178,6 +180,8 @@ def run_cli(prog: str, parse: Callable[[Sequence[str]], object], run: Callable[.
         raise
     finally:
         sys.unraisablehook = unraisable_hook
+        for resend in redeliver.pending:
+            resend.cancel()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
