@@ -1610,16 +1610,6 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
             f"the checkpoint declares an AetherNet ({preset_name(config)}, x{config['scale']}) with "
             f"{needed:,} weights but holds only {held:,} numbers (damaged or crafted file?)"
         )
-    non_finite = [
-        k
-        for k, v in state_dict.items()
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
-    ]
-    if non_finite:
-        raise AetherCheckpointError(
-            f"the checkpoint has NaN or infinite weights in {_describe_keys(non_finite)}: the training "
-            "run that wrote it diverged; use an earlier checkpoint"
-        )
     model = AetherNet(**{**config, "fused": config["fused"] or fused})
     expected = model.state_dict()
     # a number's kind must be the model's: load_state_dict would cast an integer or complex
@@ -1644,12 +1634,18 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, fused: bool
             f"({preset_name(config)}, x{config['scale']}): " + " ".join(str(exc).split())[:300]
         ) from None
     model.eval()
-    # an INT8 file's weights are its int8 steps times their scales: finite in the file, they
-    # can overflow once multiplied
-    overflowed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if overflowed:
+    # checked as loaded: an INT8 file's weights are its int8 steps times their scales, finite in
+    # the file, which can overflow once multiplied
+    non_finite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    in_file = [k for k in non_finite if k in state_dict and not torch.isfinite(state_dict[k]).all()]
+    if in_file:
         raise AetherCheckpointError(
-            f"the checkpoint's weights overflow to infinity in {_describe_keys(overflowed)} once its INT8 scales "
+            f"the checkpoint has NaN or infinite weights in {_describe_keys(in_file)}: the training "
+            "run that wrote it diverged; use an earlier checkpoint"
+        )
+    if non_finite:
+        raise AetherCheckpointError(
+            f"the checkpoint's weights overflow to infinity in {_describe_keys(non_finite)} once its INT8 scales "
             "are applied (damaged or crafted file?)"
         )
     return model

@@ -28,16 +28,15 @@ from aether_arch import PRESET_FACTORIES, float_copy, load_model, onnx_model_pro
 from aether_bench_report import AETHER_INT8, PEER_INT8, QatResult, QualityResult, QualityRow, Timing
 from aether_cli import InputError
 from aether_data import (
-    MIN_LR_SIDE,
     ImageReadError,
     UnmeasurableImageError,
     bicubic_upscale,
     evaluation_lr,
     evaluation_pairs,
     image_files,
-    mod_crop,
     psnr,
     read_image,
+    release_pairs,
     to_image,
 )
 from aether_measure import macs_per_lr_pixel, parameter_count, time_interleaved, time_sessions
@@ -109,10 +108,8 @@ def release_calibration(folder: str, scale: int) -> list[torch.Tensor]:
     out as the release leaves them out."""
     lrs = []
     for _, image in read_folder(folder, "--calibration-dir"):
-        if min(mod_crop(image, scale).shape[:2]) < MIN_LR_SIDE * scale:
-            continue
         with contextlib.suppress(UnmeasurableImageError):
-            lrs += [lr for _, lr, _ in evaluation_pairs(image, scale).values()]
+            lrs += [lr for _, lr, _ in release_pairs(image, scale).values()]
     if not lrs:
         raise InputError(f"--calibration-dir {folder!r}: no image to calibrate INT8 on (all flat or too small)")
     return calibration_batches(lrs)

@@ -247,6 +247,13 @@ def removed_if_left_empty(folder: Path) -> Iterator[None]:
         raise
 
 
+def format_size(size: int) -> str:
+    """A byte count in KiB, MiB or GiB."""
+    if size < 1 << 20:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1 << 20):.2f} MiB" if size < 1 << 30 else f"{size / (1 << 30):.2f} GiB"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table with padded columns, so the raw text reads as a table too."""
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]

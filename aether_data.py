@@ -72,15 +72,15 @@ def check_declared_size(path: str) -> None:
         with warnings.catch_warnings():  # over Pillow's own limit (89 Mpx) it warns; ours is checked below
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
             with PIL.Image.open(path) as image:
-                width, height = image.size
+                size = image.size
     except PIL.Image.DecompressionBombError:  # over twice Pillow's limit, so over ours
-        width, height = MAX_IMAGE_PIXELS + 1, 1
+        size = None
     except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
         raise ImageReadError(f"cannot decode image {path!r} (corrupt or not an image)") from None
-    if width * height > MAX_IMAGE_PIXELS:
+    if size is None or size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise ImageReadError(
             f"{path!r} declares more than {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx"
-            + (f" ({width}x{height})" if height > 1 else "")
+            + (f" ({size[0]}x{size[1]})" if size else "")
             + f", the most that is read (a decompression bomb? {_PIXEL_LIMIT_VARIABLE} raises it)"
         )
 
@@ -236,6 +236,16 @@ def evaluation_pairs(
     if scale > 1 and any(math.isinf(bicubic) for _, _, bicubic in pairs.values()):
         raise UnmeasurableImageError("bicubic reproduces it exactly (a flat image): PSNR cannot rank upscalers on it")
     return pairs
+
+
+def release_pairs(image: np.ndarray, scale: int) -> dict[str, tuple[np.ndarray, torch.Tensor, float]]:
+    """evaluation_pairs of an image the release validates and calibrates on: it also leaves out
+    one whose LR has a side shorter than MIN_LR_SIDE (UnmeasurableImageError)."""
+    if min(mod_crop(image, scale).shape[:2]) < MIN_LR_SIDE * scale:
+        raise UnmeasurableImageError(
+            f"{image.shape[1]}x{image.shape[0]} is too small for x{scale} (needs {MIN_LR_SIDE * scale} px a side)"
+        )
+    return evaluation_pairs(image, scale)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:

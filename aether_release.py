@@ -114,6 +114,7 @@ from aether_cli import (
     InputError,
     OneLineErrorParser,
     describe_exception,
+    format_size,
     markdown_table,
     note,
     prepare_output_dir,
@@ -124,15 +125,13 @@ from aether_cli import (
     whole_number,
 )
 from aether_data import (
-    MIN_LR_SIDE,
     ImageReadError,
     UnmeasurableImageError,
     bicubic_upscale,
-    evaluation_pairs,
     image_files,
-    mod_crop,
     psnr,
     read_image,
+    release_pairs,
     to_image,
     write_image,
 )
@@ -326,10 +325,6 @@ def format_db(value: float | None) -> str:
     return "inf" if math.isinf(value) else f"{value:.2f}"
 
 
-def format_size(size: int) -> str:
-    return f"{size / 1024:.1f} KiB" if size < 1 << 20 else f"{size / (1 << 20):.2f} MiB"
-
-
 # ---------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------
@@ -362,14 +357,8 @@ def load_images(
         except (ImageReadError, OSError) as exc:
             skipped.append(f"{path.name}: {exc}")
             continue
-        if min(mod_crop(image, scale).shape[:2]) < MIN_LR_SIDE * scale:
-            skipped.append(
-                f"{path.name}: {image.shape[1]}x{image.shape[0]} is too small for x{scale} "
-                f"(needs {MIN_LR_SIDE * scale} px a side)"
-            )
-            continue
         try:
-            pairs = evaluation_pairs(image, scale)
+            pairs = release_pairs(image, scale)
         except UnmeasurableImageError as exc:
             skipped.append(f"{path.name}: {exc}")
             continue

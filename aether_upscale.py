@@ -63,6 +63,7 @@ from aether_cli import (
     InputError,
     OneLineErrorParser,
     describe_exception,
+    format_size,
     note,
     one_line,
     prepare_output_dir,
@@ -372,10 +373,6 @@ def available_memory() -> int | None:
     return None
 
 
-def format_bytes(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
-
-
 def check_output_fits(image: np.ndarray, scale: int) -> None:
     """ImageReadError when the whole output array (allocated at once; tiling bounds the rest)
     would not fit in the memory available: a small file can declare a large image, and Linux
@@ -385,8 +382,8 @@ def check_output_fits(image: np.ndarray, scale: int) -> None:
     if available is not None and needed > available:
         height, width = image.shape[:2]
         raise ImageReadError(
-            f"its {width * scale}x{height * scale} output needs {format_bytes(needed)}, more than the "
-            f"{format_bytes(available)} of memory available; split or shrink the image first"
+            f"its {width * scale}x{height * scale} output needs {format_size(needed)}, more than the "
+            f"{format_size(available)} of memory available; split or shrink the image first"
         )
 
 

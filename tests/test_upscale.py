@@ -299,7 +299,7 @@ def test_an_output_too_large_for_memory_is_skipped_before_it_is_allocated(tmp_pa
     argv = ["--model", str(artifacts / "model_fp32.onnx"), "--input", str(tmp_path / "in"), "--output"]
     assert aether_upscale.main([*argv, str(tmp_path / "out")]) == 1
     (warning,) = capsys.readouterr().err.strip().splitlines()
-    assert warning.startswith("WARNING: skipped rgba.png: its 100x80 output needs 0.0 MiB, more than the 0.0 MiB")
+    assert warning.startswith("WARNING: skipped rgba.png: its 100x80 output needs 31.2 KiB, more than the 29.3 KiB")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grey16.png", "photo.png", "rgb.png"]
 
 
